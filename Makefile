@@ -1,0 +1,76 @@
+# chardev-lab: `make lab` sets everything up and runs the lab on the local fleet; `make test` tests it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
+
+# Packages the control node needs (Debian/Ubuntu names).
+HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv make
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+SCENARIOS ?= smoke default crash
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: host-deps
+host-deps: ## Install the control node's packages (apt; as root or with sudo)
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "host-deps: installing $$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "host-deps: all installed"; fi
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## Make the virtualenv with the pinned tools and install the collections
+	@$(BIN)/python tools/ensure_collections.py
+
+.PHONY: setup
+setup: host-deps venv
+
+.PHONY: lab
+lab: setup ## Set up, start the local fleet and run the lab (lab.yml)
+	ansible-playbook lab.yml $(ARGS)
+
+.PHONY: down
+down: venv ## Stop and remove the local fleet (VMs, processes, overlays; the image cache stays)
+	ansible-playbook playbooks/fleet.yml -e lab_vm_state=absent
+
+.PHONY: lint
+lint: venv ## yamllint, ansible-lint (production profile), ruff
+	yamllint --strict .
+	ansible-lint --offline
+	ruff check .
+	ruff format --check .
+
+.PHONY: unit
+unit: venv ## Python unit tests (no VMs)
+	pytest -q tests/unit
+
+.PHONY: molecule
+molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default crash")
+	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
+
+.PHONY: test
+test: lint unit molecule ## Everything CI runs
+
+.PHONY: bench
+bench: setup ## Measure image build, cache reuse and boot time (writes docs/benchmarks.md)
+	$(BIN)/python tools/bench.py --output docs/benchmarks.md
+
+.PHONY: clean
+clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
+	rm -rf $(VENV)

@@ -1,0 +1,370 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: gather and judge the evidence of the chardev unload-while-open crash."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: chardev_crash_evidence
+short_description: Gather and judge the evidence of the chardev unload-while-open crash
+description:
+  - Reads the state, wait channel and command line of the victim process (and, in C(splice) mode, of the
+    pipe reader) from C(/proc), using the PID files the victim program wrote.
+  - Reads the kernel log (C(/dev/kmsg) without blocking, else C(dmesg) with a timeout), the taint value in
+    C(/proc/sys/kernel/tainted) and C(/sys/kernel/oops_count) when the kernel has it.
+  - Compares all of it with the expected outcome for the running kernel (victim in C(D) before 5.17, in
+    C(X) from 5.17; pipe reader in C(D) on every version) and lists the differences.
+  - With O(kill_test), sends SIGKILL to every watched task in state C(D) or C(X) and reports, after a
+    bounded wait, whether it is still there. That is the only thing it changes, and it never reports
+    C(changed).
+  - It does not fail because the outcome differs from the expectation; it returns RV(as_expected) and
+    the list of RV(mismatches) so that the role decides.
+author:
+  - chardev-lab contributors
+options:
+  pidfiles:
+    description:
+      - Role name to PID file path, for example V(victim) and V(reader).
+      - The roles V(victim) and, in C(splice) mode, V(reader) are judged; other roles are only reported.
+    type: dict
+    required: true
+  mode:
+    description:
+      - How the victim used the file after the module was removed.
+      - V(read) calls read() on the device; V(splice) splices the device into a pipe that a second process
+        (the reader) reads.
+    type: str
+    choices: [read, splice]
+    required: true
+  kill_test:
+    description:
+      - Send SIGKILL to each watched task that is in state C(D) or C(X) and check that it survives.
+      - Tasks in any other state are never signalled.
+      - Skipped in check mode (the result says so in RV(msg)).
+    type: bool
+    default: true
+  kill_wait:
+    description:
+      - Seconds to wait (polling C(/proc)) for a killed task to disappear before calling it unkillable.
+    type: float
+    default: 2.0
+  kernel_release:
+    description:
+      - Kernel release to take the expected outcome for, for example V(6.1.0-56-amd64).
+      - Defaults to the running kernel (C(uname -r) of the managed node).
+    type: str
+  log_lines:
+    description:
+      - Maximum number of kernel log lines returned in RV(oops_lines), from the first oops headline on.
+    type: int
+    default: 20
+attributes:
+  check_mode:
+    support: full
+    description:
+      - It only reads, except the SIGKILL of O(kill_test), which check mode skips.
+  diff_mode:
+    support: none
+  platform:
+    platforms: [posix]
+notes:
+  - Run it as root; reading C(/dev/kmsg) and signalling the victim need it.
+  - It reads only C(/proc) files of the stuck tasks, never their pipes or standard streams, and every
+    wait is bounded.
+seealso:
+  - name: Tainted kernels
+    description: Meaning of the taint letters.
+    link: https://docs.kernel.org/admin-guide/tainted-kernels.html
+"""
+
+EXAMPLES = r"""
+- name: Gather the crash evidence
+  chardev_crash_evidence:
+    pidfiles:
+      victim: /run/chardev-lab/victim.pid
+      reader: /run/chardev-lab/reader.pid
+    mode: splice
+  register: __chardev_crash_evidence
+
+- name: Report what differs from the expected outcome
+  ansible.builtin.assert:
+    that: __chardev_crash_evidence.as_expected
+    fail_msg: "{{ __chardev_crash_evidence.mismatches }}"
+
+- name: Look only, without the kill test
+  chardev_crash_evidence:
+    pidfiles:
+      victim: /run/chardev-lab/victim.pid
+    mode: read
+    kill_test: false
+"""
+
+RETURN = r"""
+tasks:
+  description:
+    - One entry for each role in O(pidfiles).
+    - C(state) is the state letter from C(/proc/<pid>/stat), null when the pid is not in C(/proc).
+    - C(killed_but_alive) is true when the task was still there after SIGKILL and the wait, false
+      when it went away, null when no kill test was made for it.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - role: victim
+      pidfile: /run/chardev-lab/victim.pid
+      pid: 812
+      comm: chardev-victim
+      state: X
+      wchan: null
+      cmdline: []
+      kill_sent: true
+      killed_but_alive: true
+      state_after_kill: X
+      error: null
+    - role: reader
+      pidfile: /run/chardev-lab/reader.pid
+      pid: 813
+      comm: chardev-reader
+      state: D
+      wchan: pipe_read
+      cmdline: [python3, /usr/local/lib/chardev-lab/chardev_victim.py, splice]
+      kill_sent: true
+      killed_but_alive: true
+      state_after_kill: D
+      error: null
+oops:
+  description: "Whether the kernel log holds an oops headline (C(BUG: unable to handle ...))."
+  returned: always
+  type: bool
+  sample: true
+oops_headlines:
+  description: How many oops headlines the kernel log holds (the recursive fault usually adds one).
+  returned: always
+  type: int
+  sample: 2
+oops_lines:
+  description: Kernel log lines from the first oops headline on, timestamps removed, at most O(log_lines).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "BUG: unable to handle page fault for address: ffffffffc0a2e2c0"
+    - "#PF: supervisor read access in kernel mode"
+    - "Oops: 0000 [#1] PREEMPT SMP NOPTI"
+recursive_fault:
+  description: Whether the kernel log holds C(Fixing recursive fault but reboot is needed!).
+  returned: always
+  type: bool
+  sample: true
+last_unloaded_chardev:
+  description: "Whether a C(Modules linked in) line ends with C([last unloaded: chardev)."
+  returned: always
+  type: bool
+  sample: true
+kernel_log_source:
+  description: Where the kernel log came from (V(/dev/kmsg), V(dmesg)), or V(none) when neither worked.
+  returned: always
+  type: str
+  sample: /dev/kmsg
+tainted:
+  description: The value of C(/proc/sys/kernel/tainted); null when it cannot be read.
+  returned: always
+  type: int
+  sample: 12416
+taint_flags:
+  description: The letters of the set taint bits, lowest bit first (D oops, O out-of-tree, E unsigned).
+  returned: always
+  type: str
+  sample: DOE
+taint_decoded:
+  description: Each set taint bit with its letter and meaning.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {bit: 7, value: 128, letter: D, meaning: "kernel died recently, i.e. there was an OOPS or BUG"}
+oops_count:
+  description: The value of C(/sys/kernel/oops_count); null on kernels without that file.
+  returned: always
+  type: int
+  sample: 2
+kernel_release:
+  description: The kernel release the expectation was taken for.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+expected:
+  description: The expected outcome for this kernel and mode (per role state, wchan patterns, markers).
+  returned: always
+  type: dict
+  sample:
+    kernel_release: 6.1.0-56-amd64
+    kernel_version: [6, 1, 0]
+    mode: splice
+    tasks:
+      victim: {state: X, wchan_patterns: [], unkillable: true, why: "..."}
+      reader: {state: D, wchan_patterns: [pipe_read, mutex, lock], unkillable: true, why: "..."}
+    markers: {oops: true, recursive_fault: true, last_unloaded_chardev: true, taint_die: true}
+observed:
+  description: What was seen, in the shape that the expectation is compared with.
+  returned: always
+  type: dict
+  sample:
+    tasks:
+      victim: {pid: 812, state: X, wchan: null, killed_but_alive: true, state_after_kill: X, error: null}
+    oops: true
+    recursive_fault: true
+    last_unloaded_chardev: true
+    taint_die: true
+mismatches:
+  description: Human-readable differences between expected and observed; empty when as expected.
+  returned: always
+  type: list
+  elements: str
+  sample: ["victim: pid 812 is in state S, expected X (...)"]
+as_expected:
+  description: True when RV(mismatches) is empty.
+  returned: always
+  type: bool
+  sample: true
+kill_test_done:
+  description: Whether SIGKILL was sent (false with O(kill_test=false) and in check mode).
+  returned: always
+  type: bool
+  sample: true
+msg:
+  description: A one-line summary, saying when check mode skipped the kill test.
+  returned: always
+  type: str
+  sample: "crash evidence as expected for 6.1.0-56-amd64 (splice)"
+"""
+
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.chardev_crash import (
+    MODES,
+    compare,
+    decode_taint,
+    expected_outcome,
+    gather_tasks,
+    observed_from,
+    parse_kernel_log,
+    parse_kmsg_records,
+    parse_oops_count,
+    parse_tainted,
+    read_kmsg,
+    read_optional,
+    taint_letters,
+    task_to_dict,
+)
+
+#: Root of /proc and /sys; tests point it at a fake tree.
+ROOT = "/"
+KMSG_PATH = "/dev/kmsg"
+#: How SIGKILL is sent; tests replace it.
+SEND_SIGNAL: Callable[[int, int], None] = os.kill
+DMESG_TIMEOUT = 15
+
+
+def read_kernel_log() -> tuple[list[str], str]:
+    """Kernel log lines and their source: /dev/kmsg (non-blocking), else dmesg (bounded), else none."""
+    try:
+        return parse_kmsg_records(read_kmsg(KMSG_PATH)), KMSG_PATH
+    except OSError:
+        pass
+    try:
+        done = subprocess.run(
+            ["dmesg"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=DMESG_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return [], "none"
+    if done.returncode != 0:
+        return [], "none"
+    return done.stdout.decode("utf-8", errors="replace").splitlines(), "dmesg"
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work, without AnsibleModule: returns the result dict."""
+    release = params.get("kernel_release") or os.uname().release
+    expected = expected_outcome(release, params["mode"])
+    kill_test = bool(params["kill_test"]) and not check_mode
+    tasks = gather_tasks(
+        {str(role): str(path) for role, path in params["pidfiles"].items()},
+        root=ROOT,
+        kill_test=kill_test,
+        kill_wait=float(params["kill_wait"]),
+        kill=SEND_SIGNAL,
+    )
+    lines, source = read_kernel_log()
+    log = parse_kernel_log(lines, max_lines=params["log_lines"])
+    tainted_text = read_optional(os.path.join(ROOT, "proc/sys/kernel/tainted"))
+    tainted = parse_tainted(tainted_text) if tainted_text and tainted_text.strip().isdigit() else None
+    observed = observed_from(tasks, log, tainted)
+    mismatches = compare(expected, observed)
+    if mismatches:
+        msg = f"crash evidence differs from the expectation for {release} ({params['mode']}): " + "; ".join(
+            mismatches
+        )
+    else:
+        msg = f"crash evidence as expected for {release} ({params['mode']})"
+    if params["kill_test"] and check_mode:
+        msg += "; check mode: SIGKILL not sent, unkillability not tested"
+    return {
+        "changed": False,
+        "tasks": [task_to_dict(task) for task in tasks],
+        "oops": log.oops,
+        "oops_headlines": log.oops_headlines,
+        "oops_lines": log.oops_lines,
+        "recursive_fault": log.recursive_fault,
+        "last_unloaded_chardev": log.last_unloaded_chardev,
+        "kernel_log_source": source,
+        "tainted": tainted,
+        "taint_flags": taint_letters(tainted) if tainted is not None else "",
+        "taint_decoded": decode_taint(tainted) if tainted is not None else [],
+        "oops_count": parse_oops_count(read_optional(os.path.join(ROOT, "sys/kernel/oops_count"))),
+        "kernel_release": release,
+        "expected": expected,
+        "observed": observed,
+        "mismatches": mismatches,
+        "as_expected": not mismatches,
+        "kill_test_done": kill_test,
+        "msg": msg,
+    }
+
+
+def build_module() -> AnsibleModule:
+    """The AnsibleModule with this module's argument spec."""
+    return AnsibleModule(
+        argument_spec={
+            "pidfiles": {"type": "dict", "required": True},
+            "mode": {"type": "str", "choices": list(MODES), "required": True},
+            "kill_test": {"type": "bool", "default": True},
+            "kill_wait": {"type": "float", "default": 2.0},
+            "kernel_release": {"type": "str"},
+            "log_lines": {"type": "int", "default": 20},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main() -> None:
+    module = build_module()
+    try:
+        result = run(module.params, module.check_mode)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,561 @@
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Expected outcomes and evidence parsers for the chardev unload-while-open crash.
+
+One module, two users:
+
+* the Ansible module ``chardev_crash_evidence`` imports it as ``ansible.module_utils.chardev_crash``
+  (Ansible finds ``roles/chardev_crash/module_utils`` when the module runs inside the role);
+* pytest and the testinfra tests put ``roles/chardev_crash/module_utils`` on ``sys.path`` and
+  ``import chardev_crash``.
+
+It runs on the managed node too, whose Python may be as old as 3.9 (Debian 11): stdlib only, no
+``match``, and ``X | None`` only inside annotations (postponed by the ``__future__`` import).
+
+Nothing here blocks without a bound. Reading ``/proc/<pid>/{stat,wchan,cmdline}`` of a stuck task does
+not wait on that task: the victim is stuck after ``exit_mm()`` (its mm is gone, ``cmdline`` is empty) and
+the pipe reader sleeps on the pipe's mutex, which ``/proc`` never takes. The stuck processes' own stdio
+and pipes are never read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MODES = ("read", "splice")
+ROLE_VICTIM = "victim"
+ROLE_READER = "reader"
+
+# ---------------------------------------------------------------------------------------------------------
+# The one table of expected outcomes
+# ---------------------------------------------------------------------------------------------------------
+#
+# Source: /work/shared/design/kernel-facts.md, "The crash, measured" (Debian kernels under QEMU):
+#
+#   kernel   | read(): victim | splice into a pipe: victim / pipe reader
+#   5.10     | D (measured)   | not measured (D expected, same exit path) / D expected
+#   6.1      | X (measured)   | X / D in pipe_read (measured)
+#   6.12     | X (expected)   | X / D in pipe_read (measured)
+#
+# Why the victim ends in D or X. After `rmmod` of the crash variant (no .owner, no try_module_get), the
+# open file's f_op still points into the freed module. The victim's next system call on the file reads
+# f_op and page-faults: the first oops, and the kernel kills the task. While exiting, exit_files() ->
+# filp_close() reads f_op again (->flush) and faults a second time while PF_EXITING is already set: the
+# kernel prints "Fixing recursive fault but reboot is needed!" and gives up on the task for good.
+#   * Up to 5.16 that code (in do_exit) sets TASK_UNINTERRUPTIBLE and schedules away for ever: state D,
+#     the state the 2016 seed article shows.
+#   * From 5.17, make_task_dead() handles the recursive fault instead; it marks the task EXIT_DEAD and
+#     calls do_task_dead(): state X, still listed in /proc, never reaped by its parent.
+#   Either way SIGKILL cannot help: the task never returns to a point where signals are handled.
+#
+# Why the pipe reader ends in D (splice mode, every version). splice(device -> pipe) takes the pipe's
+# mutex before it calls into the device's f_op, faults there and never unlocks: the mutex stays held by a
+# task that will never run again. The next task that touches the pipe (pipe_read takes the same mutex,
+# even with O_NONBLOCK) sleeps in mutex_lock, an uninterruptible sleep, for ever: a true D process on
+# modern kernels too. /proc/<pid>/wchan skips the scheduler and locking functions, so it names pipe_read;
+# we also accept a mutex/lock function in case a kernel reports that instead.
+#
+# The kernel log holds, on every version: the oops headline, "Fixing recursive fault but reboot is
+# needed!", "[last unloaded: chardev" in the "Modules linked in:" line, and the taint flag D (128).
+
+#: Release from which make_task_dead() marks a recursively faulting task EXIT_DEAD (state X).
+EXIT_DEAD_SINCE = (5, 17)
+
+#: wchan of a pipe reader stuck behind the pipe mutex (substring match, lower case).
+READER_WCHAN_PATTERNS = ("pipe_read", "mutex", "lock")
+
+_RELEASE_RE = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_kernel_release(release: str) -> tuple[int, int, int]:
+    """Return (major, minor, patch) of a release such as "5.10.0-35-amd64" or "6.12.57+deb13-amd64".
+
+    Raises ValueError when the release does not start with "MAJOR.MINOR".
+    """
+    match = _RELEASE_RE.match(release or "")
+    if match is None:
+        raise ValueError(f"cannot parse kernel release {release!r}: expected it to start with MAJOR.MINOR")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+
+
+def expected_outcome(kernel_release: str, mode: str) -> dict[str, Any]:
+    """The expected result of the crash for this kernel and victim mode, as a JSON-friendly dict.
+
+    Keys: kernel_release, kernel_version [major, minor, patch], mode, tasks (role -> expectation with
+    state, wchan_patterns, unkillable, why), markers (kernel-log/taint marker -> True).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    version = parse_kernel_release(kernel_release)
+    if version[:2] >= EXIT_DEAD_SINCE:
+        victim_state = "X"
+        victim_why = (
+            "from 5.17 make_task_dead() marks a task that faults again while exiting EXIT_DEAD: "
+            "state X, never reaped"
+        )
+    else:
+        victim_state = "D"
+        victim_why = (
+            "before 5.17 do_exit() parks a task that faults again while exiting in "
+            "TASK_UNINTERRUPTIBLE: state D for ever"
+        )
+    tasks: dict[str, dict[str, Any]] = {
+        ROLE_VICTIM: {"state": victim_state, "wchan_patterns": [], "unkillable": True, "why": victim_why},
+    }
+    if mode == "splice":
+        tasks[ROLE_READER] = {
+            "state": "D",
+            "wchan_patterns": list(READER_WCHAN_PATTERNS),
+            "unkillable": True,
+            "why": (
+                "the victim faulted inside splice() holding the pipe mutex; pipe_read() waits for that "
+                "mutex uninterruptibly for ever"
+            ),
+        }
+    return {
+        "kernel_release": kernel_release,
+        "kernel_version": list(version),
+        "mode": mode,
+        "tasks": tasks,
+        "markers": {"oops": True, "recursive_fault": True, "last_unloaded_chardev": True, "taint_die": True},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsers for captured evidence
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The few fields of /proc/<pid>/stat the lab uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+
+
+def parse_proc_stat(text: str) -> ProcStat:
+    """Parse /proc/<pid>/stat. comm may hold spaces and parentheses, so split at the LAST ')'.
+
+    Raises ValueError on text that is not a stat line.
+    """
+    text = text.strip()
+    open_paren = text.find("(")
+    close_paren = text.rfind(")")
+    if open_paren < 1 or close_paren < open_paren:
+        raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
+    rest = text[close_paren + 1 :].split()
+    if len(rest) < 2:
+        raise ValueError(f"truncated /proc/<pid>/stat line: {text[:80]!r}")
+    return ProcStat(
+        pid=int(text[:open_paren].strip()),
+        comm=text[open_paren + 1 : close_paren],
+        state=rest[0],
+        ppid=int(rest[1]),
+    )
+
+
+def parse_wchan(text: str) -> str | None:
+    """Parse /proc/<pid>/wchan: a symbol name, or None for "0"/empty (running, or hidden)."""
+    value = text.strip().strip("\x00")
+    if value in ("", "0"):
+        return None
+    return value
+
+
+def parse_cmdline(data: bytes | str) -> list[str]:
+    """Parse /proc/<pid>/cmdline (NUL separated, usually NUL terminated). Empty for exited tasks."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    if not data:
+        return []
+    return data.rstrip("\x00").split("\x00")
+
+
+OOPS_HEADLINES = (
+    "BUG: unable to handle page fault for address:",  # x86 since 5.1
+    "BUG: unable to handle kernel paging request",  # x86 before 5.1, arm64
+    "BUG: unable to handle kernel NULL pointer dereference",
+)
+RECURSIVE_FAULT_MARKER = "Fixing recursive fault but reboot is needed!"
+LAST_UNLOADED_MARKER = "[last unloaded: chardev"
+
+# "[  123.456789] " (dmesg) at the start of a line.
+_TIMESTAMP_RE = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+# "<4>" syslog priority prefix (dmesg -r, some consoles).
+_PRIORITY_RE = re.compile(r"^<\d+>")
+
+
+def strip_log_prefix(line: str) -> str:
+    """Drop a syslog priority "<N>" and a dmesg timestamp "[ 12.345678] " from the start of a line."""
+    line = _PRIORITY_RE.sub("", line)
+    return _TIMESTAMP_RE.sub("", line)
+
+
+def parse_kmsg_records(raw: Iterable[str]) -> list[str]:
+    """Turn /dev/kmsg records ("6,123,4567,-;text" plus " KEY=value" lines) into message lines."""
+    lines: list[str] = []
+    for record in raw:
+        for part in record.split("\n"):
+            if not part or part.startswith(" "):
+                continue  # empty, or a dictionary continuation line (" SUBSYSTEM=...")
+            head, sep, message = part.partition(";")
+            lines.append(message if sep and "," in head else part)
+    return lines
+
+
+@dataclass
+class KernelLogEvidence:
+    """What the kernel log shows about the crash."""
+
+    oops: bool = False
+    oops_headlines: int = 0
+    oops_lines: list[str] = field(default_factory=list)
+    recursive_fault: bool = False
+    last_unloaded_chardev: bool = False
+
+
+def _is_headline(line: str) -> bool:
+    return any(headline in line for headline in OOPS_HEADLINES)
+
+
+def parse_kernel_log(text: str | Sequence[str], max_lines: int = 20) -> KernelLogEvidence:
+    """Find the crash markers in kernel log text (dmesg output, or lines from /dev/kmsg).
+
+    oops_lines is a window of at most max_lines lines starting at the FIRST oops headline (timestamps
+    removed); the lab reboots before each crash, so the first oops of the boot is the crash.
+    """
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    lines = [strip_log_prefix(line.rstrip("\r\n")) for line in lines]
+    evidence = KernelLogEvidence()
+    first = None
+    for index, line in enumerate(lines):
+        if _is_headline(line):
+            evidence.oops_headlines += 1
+            if first is None:
+                first = index
+        if RECURSIVE_FAULT_MARKER in line:
+            evidence.recursive_fault = True
+        if LAST_UNLOADED_MARKER in line:
+            evidence.last_unloaded_chardev = True
+    if first is not None:
+        evidence.oops = True
+        evidence.oops_lines = lines[first : first + max(1, max_lines)]
+    return evidence
+
+
+# Bit -> (letter, meaning), as in the kernel's taint_flags table (kernel/panic.c) and
+# Documentation/admin-guide/tainted-kernels.rst. Bit 0 prints "P" when set and "G" when clear.
+TAINT_FLAGS: dict[int, tuple[str, str]] = {
+    0: ("P", "proprietary module was loaded"),
+    1: ("F", "module was force loaded"),
+    2: ("S", "kernel running on an out of specification system"),
+    3: ("R", "module was force unloaded"),
+    4: ("M", "processor reported a Machine Check Exception"),
+    5: ("B", "bad page referenced or some unexpected page flags"),
+    6: ("U", "taint requested by userspace application"),
+    7: ("D", "kernel died recently, i.e. there was an OOPS or BUG"),
+    8: ("A", "an ACPI table was overridden by user"),
+    9: ("W", "kernel issued warning"),
+    10: ("C", "staging driver was loaded"),
+    11: ("I", "workaround for bug in platform firmware applied"),
+    12: ("O", "externally-built (out-of-tree) module was loaded"),
+    13: ("E", "unsigned module was loaded"),
+    14: ("L", "soft lockup occurred"),
+    15: ("K", "kernel has been live patched"),
+    16: ("X", "auxiliary taint, defined for and used by distros"),
+    17: ("T", "kernel was built with the struct randomization plugin"),
+    18: ("N", "an in-kernel test has been run"),
+    19: ("J", "userspace used a mutating debug operation in fwctl"),
+}
+TAINT_DIE = 1 << 7
+
+
+def parse_tainted(text: str) -> int:
+    """Parse /proc/sys/kernel/tainted (a decimal integer)."""
+    return int(text.strip())
+
+
+def taint_letters(value: int) -> str:
+    """The letters of the set taint bits, lowest bit first, e.g. 12416 -> "DOE". Unknown bits -> "?"."""
+    letters = []
+    for bit in range(max(value.bit_length(), 1)):
+        if value & (1 << bit):
+            letters.append(TAINT_FLAGS.get(bit, ("?", ""))[0])
+    return "".join(letters)
+
+
+def decode_taint(value: int) -> list[dict[str, Any]]:
+    """Each set taint bit as {bit, value, letter, meaning}."""
+    decoded = []
+    for bit in range(value.bit_length()):
+        if value & (1 << bit):
+            letter, meaning = TAINT_FLAGS.get(bit, ("?", "unknown taint bit"))
+            decoded.append({"bit": bit, "value": 1 << bit, "letter": letter, "meaning": meaning})
+    return decoded
+
+
+def parse_oops_count(text: str | None) -> int | None:
+    """Parse /sys/kernel/oops_count; None when the file is absent (older kernels) or unreadable."""
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Comparing expectation and observation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between expected_outcome() and an observation; empty means as expected.
+
+    observed: {"tasks": {role: {"pid", "state", "wchan", "killed_but_alive", "error"?}},
+               "oops", "recursive_fault", "last_unloaded_chardev", "taint_die": bools}.
+    A killed_but_alive of None means the kill test was not run and is not judged.
+    """
+    mismatches: list[str] = []
+    observed_tasks: Mapping[str, Any] = observed.get("tasks") or {}
+    for role, want in expected.get("tasks", {}).items():
+        seen = observed_tasks.get(role)
+        if seen is None:
+            mismatches.append(f"{role}: not observed (no pidfile given for it)")
+            continue
+        if seen.get("pid") is None:
+            mismatches.append(f"{role}: no pid ({seen.get('error') or 'pidfile missing or empty'})")
+            continue
+        state = seen.get("state")
+        if state is None:
+            mismatches.append(
+                f"{role}: pid {seen['pid']} is not in /proc, expected state {want['state']} ({want['why']})"
+            )
+            continue
+        if state != want["state"]:
+            mismatches.append(
+                f"{role}: pid {seen['pid']} is in state {state}, expected {want['state']} ({want['why']})"
+            )
+        patterns = want.get("wchan_patterns") or []
+        wchan = seen.get("wchan") or ""
+        if patterns and not any(pattern in wchan.lower() for pattern in patterns):
+            mismatches.append(
+                f"{role}: pid {seen['pid']} waits in {wchan or 'nothing (wchan 0)'}, expected one of "
+                + ", ".join(patterns)
+            )
+        if want.get("unkillable") and seen.get("killed_but_alive") is False:
+            mismatches.append(
+                f"{role}: pid {seen['pid']} went away after SIGKILL, expected it to be unkillable"
+            )
+    texts = {
+        "oops": "an oops headline (BUG: unable to handle ...) in the kernel log",
+        "recursive_fault": f'"{RECURSIVE_FAULT_MARKER}" in the kernel log',
+        "last_unloaded_chardev": f'"{LAST_UNLOADED_MARKER}" in the kernel log',
+        "taint_die": "taint flag D (128) in /proc/sys/kernel/tainted",
+    }
+    for marker, want_value in expected.get("markers", {}).items():
+        if bool(observed.get(marker)) != bool(want_value):
+            what = texts.get(marker, marker)
+            mismatches.append(("missing: " if want_value else "unexpected: ") + what)
+    return mismatches
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Gathering from a live system
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskEvidence:
+    """One watched process, as /proc shows it."""
+
+    role: str
+    pidfile: str
+    pid: int | None = None
+    comm: str | None = None
+    state: str | None = None
+    wchan: str | None = None
+    cmdline: list[str] = field(default_factory=list)
+    kill_sent: bool = False
+    killed_but_alive: bool | None = None
+    state_after_kill: str | None = None
+    error: str | None = None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def proc_path(root: str, pid: int, name: str) -> str:
+    """Path of /proc/<pid>/<name> below root."""
+    return os.path.join(root, "proc", str(pid), name)
+
+
+def read_pidfile(path: str) -> int:
+    """The pid in a pidfile; raises OSError/ValueError."""
+    with open(path, encoding="ascii") as handle:
+        text = handle.read().strip()
+    pid = int(text.split()[0]) if text else 0
+    if pid <= 1:
+        raise ValueError(f"pidfile {path} holds no usable pid ({text!r})")
+    return pid
+
+
+def read_task_state(root: str, pid: int) -> ProcStat | None:
+    """The stat of pid below root, or None when the pid is not in /proc."""
+    text = _read_text(proc_path(root, pid, "stat"))
+    if text is None:
+        return None
+    try:
+        return parse_proc_stat(text)
+    except ValueError:
+        return None
+
+
+def gather_tasks(
+    pidfiles: Mapping[str, str],
+    root: str = "/",
+    kill_test: bool = True,
+    kill_wait: float = 2.0,
+    poll_interval: float = 0.1,
+    kill: Callable[[int, int], None] = os.kill,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[TaskEvidence]:
+    """Read each role's pidfile and its task's stat, wchan and cmdline below root (default "/").
+
+    With kill_test, send SIGKILL to every task in state D or X (only those: a task still waiting in S
+    would really die, and closing the device then would crash now), then poll for at most kill_wait
+    seconds and record whether it is still there and in which state. A stuck D task stays D; an X task
+    stays listed. Only /proc is read; never a stuck process's pipes or stdio.
+    """
+    results: list[TaskEvidence] = []
+    for role, pidfile in pidfiles.items():
+        task = TaskEvidence(role=role, pidfile=str(pidfile))
+        results.append(task)
+        try:
+            task.pid = read_pidfile(str(pidfile))
+        except (OSError, ValueError) as exc:
+            task.error = f"cannot read pidfile {pidfile}: {exc}"
+            continue
+        stat = read_task_state(root, task.pid)
+        if stat is None:
+            task.error = f"pid {task.pid} is not in /proc"
+            continue
+        task.comm, task.state = stat.comm, stat.state
+        task.wchan = parse_wchan(_read_text(proc_path(root, task.pid, "wchan")) or "")
+        task.cmdline = parse_cmdline(_read_bytes(proc_path(root, task.pid, "cmdline")) or b"")
+    if not kill_test:
+        return results
+    stuck = [t for t in results if t.pid is not None and t.state in ("D", "X") and t.pid != os.getpid()]
+    for task in stuck:
+        assert task.pid is not None
+        try:
+            kill(task.pid, signal.SIGKILL)
+            task.kill_sent = True
+        except ProcessLookupError:
+            task.kill_sent = True  # already gone: the wait below records that
+        except OSError as exc:
+            task.error = f"SIGKILL to pid {task.pid} failed: {errno.errorcode.get(exc.errno or 0, exc)}"
+    waiting = [t for t in stuck if t.kill_sent]
+    deadline = clock() + max(0.0, kill_wait)
+    while waiting:
+        for task in list(waiting):
+            assert task.pid is not None
+            stat = read_task_state(root, task.pid)
+            task.state_after_kill = stat.state if stat else None
+            if stat is None:
+                task.killed_but_alive = False
+                waiting.remove(task)
+        if not waiting or clock() >= deadline:
+            break
+        sleep(poll_interval)
+    for task in waiting:
+        task.killed_but_alive = True
+    return results
+
+
+def observed_from(
+    tasks: Sequence[TaskEvidence], log: KernelLogEvidence, tainted: int | None
+) -> dict[str, Any]:
+    """The observation dict that compare() takes."""
+    return {
+        "tasks": {
+            task.role: {
+                "pid": task.pid,
+                "state": task.state,
+                "wchan": task.wchan,
+                "killed_but_alive": task.killed_but_alive,
+                "state_after_kill": task.state_after_kill,
+                "error": task.error,
+            }
+            for task in tasks
+        },
+        "oops": log.oops,
+        "recursive_fault": log.recursive_fault,
+        "last_unloaded_chardev": log.last_unloaded_chardev,
+        "taint_die": bool(tainted is not None and tainted & TAINT_DIE),
+    }
+
+
+def task_to_dict(task: TaskEvidence) -> dict[str, Any]:
+    """TaskEvidence as a plain dict (module return value)."""
+    return asdict(task)
+
+
+def read_kmsg(
+    path: str = "/dev/kmsg",
+    max_records: int = 200000,
+    time_limit: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
+    """All records currently in the kernel ring buffer, read from /dev/kmsg without blocking.
+
+    Opened O_NONBLOCK, a read returns one record and EAGAIN at the end; EPIPE means records were
+    overwritten while reading and is skipped. Bounded by max_records and time_limit. Raises OSError
+    when /dev/kmsg cannot be opened (not root, dmesg_restrict, container).
+    """
+    records: list[str] = []
+    deadline = clock() + time_limit
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while len(records) < max_records and clock() < deadline:
+            try:
+                chunk = os.read(fd, 16384)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:
+                    continue
+                raise
+            if not chunk:
+                break
+            records.append(chunk.decode("utf-8", errors="replace"))
+    finally:
+        os.close(fd)
+    return records
+
+
+def read_optional(path: str) -> str | None:
+    """The text of a file, or None when it does not exist or cannot be read."""
+    return _read_text(path)

@@ -1,0 +1,201 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Find out, by booting, whether QEMU can use KVM on this control node."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: lab_vm_accel
+short_description: Choose KVM or TCG for the chardev-lab VMs by booting a probe
+description:
+  - The presence of C(/dev/kvm) does not prove that a guest boots with KVM (under some paravirtual
+    hypervisors a stock Debian guest hangs after "Probing EDD"). This module boots the lab's own
+    kernel under KVM with no root filesystem and C(-no-reboot): a working KVM reaches the expected
+    "Kernel panic - not syncing" in a few seconds and QEMU exits; a broken one is still silent at
+    O(timeout) and is killed.
+  - The verdict is cached in O(cache_file) under a key of the QEMU binary, the kernel and the host's
+    kernel release, so the probe costs its seconds once per machine.
+version_added: "1.0.0"
+author: chardev-lab contributors
+options:
+  kernel:
+    description: Kernel image to boot for the probe (the lab image's kernel).
+    type: path
+    required: true
+  cache_file:
+    description: JSON file that remembers the verdict.
+    type: path
+    required: true
+  wanted:
+    description: V(auto) probes; V(kvm) and V(tcg) skip the probe (V(kvm) still fails without C(/dev/kvm)).
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  timeout:
+    description: Seconds the KVM probe may take before KVM is declared unusable.
+    type: int
+    default: 20
+  qemu:
+    description: QEMU binary.
+    type: str
+    default: qemu-system-x86_64
+attributes:
+  check_mode:
+    support: full
+    description: The probe only reads; in check mode it still runs (it changes nothing on the host).
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Use KVM where a guest really boots with it
+  lab_vm_accel:
+    kernel: "{{ image.kernel }}"
+    cache_file: "{{ lab_vm_state_dir }}/accel.json"
+  register: accel
+"""
+
+RETURN = r"""
+accel:
+  description: The accelerator to use.
+  returned: always
+  type: str
+  sample: tcg
+reason:
+  description: Why this accelerator was chosen.
+  returned: always
+  type: str
+  sample: "KVM probe: no output in 20 s (guest hangs under this hypervisor)"
+cached:
+  description: Whether the verdict came from the cache.
+  returned: always
+  type: bool
+  sample: true
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+PANIC_MARKER = "Kernel panic"
+
+
+def kvm_usable_device(path: str = "/dev/kvm") -> bool:
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def probe_key(qemu: str, kernel: str) -> str:
+    st = os.stat(kernel)
+    qst = os.stat(qemu)
+    parts = [qemu, str(qst.st_size), str(int(qst.st_mtime)), kernel, str(st.st_size), os.uname().release]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def probe_command(qemu: str, kernel: str, console: str) -> list[str]:
+    return [
+        qemu,
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-kernel",
+        kernel,
+        "-append",
+        "console=ttyS0 panic=-1 root=/dev/nonexistent",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{console}",
+    ]
+
+
+def verdict_from_probe(returncode: int | None, console: str, timeout: int) -> tuple[str, str]:
+    """Interpret a probe: (accel, reason). returncode None means the probe was killed at the timeout."""
+    if PANIC_MARKER in console:
+        return "kvm", "KVM probe: the kernel booted to its expected panic"
+    if returncode is None:
+        what = "no output" if not console.strip() else "no panic"
+        return "tcg", f"KVM probe: {what} in {timeout} s (the guest hangs under KVM here)"
+    return "tcg", f"KVM probe: QEMU exited with {returncode} before the kernel ran"
+
+
+def run_probe(qemu: str, kernel: str, timeout: int) -> tuple[str, str]:
+    with tempfile.TemporaryDirectory(prefix="lab-vm-kvm-probe-") as tmp:
+        console = os.path.join(tmp, "console.log")
+        proc = subprocess.Popen(
+            probe_command(qemu, kernel, console), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            rc: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        try:
+            with open(console, encoding="utf-8", errors="replace") as handle:
+                text = handle.read()
+        except OSError:
+            text = ""
+    return verdict_from_probe(rc, text, timeout)
+
+
+def make_module() -> AnsibleModule:
+    return AnsibleModule(
+        argument_spec={
+            "kernel": {"type": "path", "required": True},
+            "cache_file": {"type": "path", "required": True},
+            "wanted": {"type": "str", "default": "auto", "choices": ["auto", "kvm", "tcg"]},
+            "timeout": {"type": "int", "default": 20},
+            "qemu": {"type": "str", "default": "qemu-system-x86_64"},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main() -> None:
+    module = make_module()
+    p = module.params
+    result: dict[str, Any] = {"changed": False, "cached": False}
+    if p["wanted"] == "tcg":
+        module.exit_json(accel="tcg", reason="lab_vm_accel is tcg", **result)
+    if not kvm_usable_device():
+        if p["wanted"] == "kvm":
+            module.fail_json(
+                msg="lab_vm_accel is kvm but /dev/kvm is missing or not accessible: load the kvm "
+                "module, add this user to the kvm group, or set lab_vm_accel: auto",
+                **result,
+            )
+        module.exit_json(accel="tcg", reason="/dev/kvm is missing or not accessible", **result)
+    if p["wanted"] == "kvm":
+        module.exit_json(accel="kvm", reason="lab_vm_accel is kvm", **result)
+    qemu = module.get_bin_path(p["qemu"])
+    if not qemu:
+        module.fail_json(msg=f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
+    key = probe_key(qemu, p["kernel"])
+    try:
+        with open(p["cache_file"], encoding="utf-8") as handle:
+            cached = json.load(handle)
+        if cached.get("key") == key:
+            module.exit_json(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
+    except (OSError, ValueError, KeyError):
+        pass
+    accel, reason = run_probe(qemu, p["kernel"], p["timeout"])
+    if not module.check_mode:
+        os.makedirs(os.path.dirname(p["cache_file"]) or ".", exist_ok=True)
+        with open(p["cache_file"], "w", encoding="utf-8") as handle:
+            json.dump({"key": key, "accel": accel, "reason": reason}, handle)
+    module.exit_json(accel=accel, reason=reason, **result)
+
+
+if __name__ == "__main__":
+    main()
