@@ -1,0 +1,28 @@
+"""Helpers shared by the scenarios' testinfra tests (on PYTHONPATH through the molecule base config)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+
+def platform(hostname: str) -> dict:
+    """The molecule platform entry of a host (suite, ssh_port...)."""
+    molecule_file = os.environ["MOLECULE_FILE"]
+    platforms = yaml.safe_load(Path(molecule_file).read_text())["platforms"]
+    return next(p for p in platforms if p["name"] == hostname)
+
+
+def fleet_dir() -> Path:
+    return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fleet"
+
+
+def evidence(host, *commands: str) -> str:
+    """Run read-only commands on the host and return their output, for assertion messages."""
+    out = []
+    for command in commands:
+        result = host.run(command)
+        out.append(f"$ {command}\n{result.stdout}{result.stderr}")
+    return "\n".join(out)

@@ -1,0 +1,44 @@
+"""The VM the lab_vm role booted: its kernel, SSH with host-key checking, Python for Ansible."""
+
+import re
+
+from lab_testinfra import fleet_dir, platform
+
+KERNEL_SERIES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}
+
+
+def test_kernel_matches_the_suite(host):
+    suite = platform(host.backend.get_hostname())["suite"]
+    release = host.run("uname -r").stdout.strip()
+    assert release.startswith(KERNEL_SERIES[suite]), f"{suite} VM runs {release}"
+    assert release.endswith("amd64"), release
+
+
+def test_hostname_is_the_instance_name(host):
+    assert host.run("hostname").stdout.strip() == host.backend.get_hostname()
+
+
+def test_python_for_ansible(host):
+    assert host.exists("python3")
+    version = host.run("python3 -c 'import sys; print(sys.version_info[0])'").stdout.strip()
+    assert version == "3"
+
+
+def test_ssh_host_key_is_the_one_known_in_advance(host):
+    """The VM serves the host key that the fleet generated and wrote to known_hosts before boot."""
+    served = host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[1]
+    known = (fleet_dir() / "known_hosts").read_text()
+    port = platform(host.backend.get_hostname())["ssh_port"]
+    assert re.search(rf"^\[127\.0\.0\.1\]:{port} ssh-ed25519 {re.escape(served)}( .*)?$", known, re.M), known
+
+
+def test_only_the_fleet_key_may_log_in(host):
+    keys = host.file("/root/.ssh/authorized_keys")
+    assert keys.mode == 0o600
+    assert keys.content_string.strip() == (fleet_dir() / "id_ed25519.pub").read_text().strip()
+    assert oct((fleet_dir() / "id_ed25519").stat().st_mode & 0o777) == "0o600"
+
+
+def test_sshd_listens_and_network_is_up(host):
+    assert host.socket("tcp://0.0.0.0:22").is_listening or host.socket("tcp://:::22").is_listening
+    assert "10.0.2." in host.run("ip -4 -o addr show").stdout
