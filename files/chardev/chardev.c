@@ -181,3 +181,9 @@ MODULE_LICENSE("GPL");
 MODULE_AUTHOR("chardev-lab");
 MODULE_DESCRIPTION("Hello-world character device for the chardev lab (variant " CHARDEV_VARIANT ")");
 MODULE_INFO(variant, CHARDEV_VARIANT);
+/*
+ * The variant is part of the version because modpost's srcversion hashes
+ * the source file only, not the compiler flags: every variant has the same
+ * srcversion. /sys/module/chardev/version then tells which build is loaded.
+ */
+MODULE_VERSION("1.0-" CHARDEV_VARIANT);

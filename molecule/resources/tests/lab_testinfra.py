@@ -26,3 +26,14 @@ def evidence(host, *commands: str) -> str:
         result = host.run(command)
         out.append(f"$ {command}\n{result.stdout}{result.stderr}")
     return "\n".join(out)
+
+
+def on_target(host, code: str, *args: str) -> dict:
+    """Run a Python snippet on the target (as root) and return the JSON it prints."""
+    import json
+    import shlex
+
+    command = "python3 -c " + shlex.quote(code) + "".join(" " + shlex.quote(a) for a in args)
+    result = host.run(command)
+    assert result.rc == 0, f"{command}\n{result.stdout}{result.stderr}"
+    return json.loads(result.stdout)

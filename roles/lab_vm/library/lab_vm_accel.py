@@ -12,7 +12,7 @@ short_description: Choose KVM or TCG for the chardev-lab VMs by booting a probe
 description:
   - The presence of C(/dev/kvm) does not prove that a guest boots with KVM (under some paravirtual
     hypervisors a stock Debian guest hangs after "Probing EDD"). This module boots the lab's own
-    kernel under KVM with no root filesystem and C(-no-reboot): a working KVM reaches the expected
+    kernel under KVM with no root filesystem and C(-no-reboot); a working KVM reaches the expected
     "Kernel panic - not syncing" in a few seconds and QEMU exits; a broken one is still silent at
     O(timeout) and is killed.
   - The verdict is cached in O(cache_file) under a key of the QEMU binary, the kernel and the host's

@@ -16,7 +16,7 @@ description:
     into a raw ext4 disk with C(mkfs.ext4 -d) and copies the kernel and initrd next to it.
   - The image lives in O(cache_dir) under a key made of its inputs (suite, mirror, packages, size and
     the recipe version), so a second run with the same inputs reuses it at once.
-  - The build happens in a temporary directory that is renamed into place only when complete: an
+  - The build happens in a temporary directory that is renamed into place only when complete, so an
     interrupted or failed build never leaves a half-made image in the cache.
   - Its progress is written to a log file (RV(log)) that can be followed with C(tail -f).
 version_added: "1.0.0"
@@ -56,7 +56,7 @@ attributes:
 requirements:
   - mmdebstrap, e2fsprogs (mkfs.ext4), run as root on the control node
 notes:
-  - The image carries no SSH host key and no authorized key: each VM receives its own at boot.
+  - The image carries no SSH host key and no authorized key; each VM receives its own at boot.
 """
 
 EXAMPLES = r"""
@@ -131,7 +131,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 # Bump when the way the image is made changes: it is part of the cache key.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 SUITES = ("bullseye", "bookworm", "trixie")
 
@@ -213,7 +213,7 @@ def image_key(suite: str, mirror: str, packages: Sequence[str], size: str) -> st
 
 def guest_mirror(mirror: str) -> str:
     """The mirror as seen from inside a QEMU user-mode guest, where the host is 10.0.2.2."""
-    return re.sub(r"//(127\.0\.0\.1|localhost)([:/])", r"//10.0.2.2\2", mirror)
+    return re.sub(r"//(127\.0\.0\.1|localhost)(?=[:/]|$)", "//10.0.2.2", mirror)
 
 
 def mmdebstrap_command(suite: str, mirror: str, packages: Sequence[str], rootdir: str) -> list[str]:
@@ -225,9 +225,11 @@ def mmdebstrap_command(suite: str, mirror: str, packages: Sequence[str], rootdir
 
 
 def explain_failure(log_text: str) -> str:
-    """A one-line diagnosis with the fix, from the tail of a failed build's log."""
+    """A one-line diagnosis with the fix, from a failed build's log. Only the output of the last step
+    (after its "$ command" line) counts: a warning of an earlier step that succeeded is no diagnosis."""
+    last_step = log_text[log_text.rfind("\n$ ") + 1 :]
     for pattern, hint in FAILURE_HINTS:
-        if pattern.search(log_text):
+        if pattern.search(last_step):
             return hint
     return "the image build failed"
 
@@ -266,6 +268,13 @@ def customize_rootfs(rootdir: str, mirror: str) -> None:
     for key in glob.glob(os.path.join(rootdir, "etc/ssh/ssh_host_*")):
         os.unlink(key)
     os.makedirs(os.path.join(rootdir, "root/.ssh"), mode=0o700, exist_ok=True)
+    # An empty machine-id makes systemd generate a new one at first boot: every VM has its own.
+    write("etc/machine-id", "")
+    # mmdebstrap empties apt's lists; with a fresh mtime, apt's cache_valid_time would take the empty
+    # lists for an up-to-date cache and find no packages. Make them look as old as they are.
+    lists = os.path.join(rootdir, "var/lib/apt/lists")
+    if os.path.isdir(lists):
+        os.utime(lists, (0, 0))
 
 
 def run_logged(cmd: list[str], log: Any) -> int:

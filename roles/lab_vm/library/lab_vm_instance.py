@@ -363,8 +363,12 @@ class Vm:
         if not self.module.check_mode and os.path.exists(self.path(PIDFILE)):
             os.unlink(self.path(PIDFILE))
 
+    def overlay_exists(self) -> bool:
+        """Whether the overlay is there, not counting one that check mode only pretended to remove."""
+        return "removed overlay" not in self.actions and os.path.exists(self.path(OVERLAY))
+
     def remove_overlay(self) -> None:
-        if os.path.exists(self.path(OVERLAY)):
+        if self.overlay_exists():
             self.actions.append("removed overlay")
             if not self.module.check_mode:
                 os.unlink(self.path(OVERLAY))
@@ -375,13 +379,11 @@ class Vm:
                 raise VmError(f"{opt} is required to start a VM")
             if not os.path.exists(self.p[opt]):
                 raise VmError(f"{opt} {self.p[opt]} does not exist")
-        if self.saved_config().get("disk") not in (None, self.p["disk"]) and os.path.exists(
-            self.path(OVERLAY)
-        ):
+        if self.saved_config().get("disk") not in (None, self.p["disk"]) and self.overlay_exists():
             # The overlay records its backing file; a new base image needs a new overlay.
             self.actions.append("base image changed")
             self.remove_overlay()
-        if not os.path.exists(self.path(OVERLAY)):
+        if not self.overlay_exists():
             self.actions.append("created overlay")
         self.actions.append("started qemu")
         if self.module.check_mode:

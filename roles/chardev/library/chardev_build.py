@@ -1,0 +1,280 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Build and install the chardev kernel module, only when its inputs changed."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: chardev_build
+short_description: Build the chardev module with kbuild and install it for the running kernel
+description:
+  - Builds C(chardev.ko) from O(src) with the kernel's build system
+    (C(make -C /lib/modules/RELEASE/build M=SRC VARIANT=... modules)), installs it as
+    C(/lib/modules/RELEASE/extra/chardev.ko) and runs C(depmod).
+  - Rebuilds only when the sources, the variant or the kernel release change. They are hashed into
+    a stamp stored next to the installed module; C(make -q) cannot answer this question for kbuild,
+    which always descends into the kernel tree.
+  - A failed build reports the compiler's error lines, not the whole make output.
+  - Also reports which build of the module is loaded, if any (C(/sys/module/chardev/version) and
+    C(srcversion)), so the role can reload it when another build is in the kernel.
+version_added: "1.0.0"
+author: chardev-lab contributors
+options:
+  src:
+    description: Directory on the target where the sources are written and built.
+    type: path
+    required: true
+  sources:
+    description:
+      - The module's source files, name to content (C(chardev.c) and C(Makefile)), read on the control
+        node with C(lookup('file', ...)). They are written into O(src) when they differ, in the same
+        task as the build: a separate copy task costs two module runs per file on a slow VM.
+    type: dict
+    required: true
+  variant:
+    description: Module variant (see files/chardev/README.md).
+    type: str
+    choices: [safe, classic, crash]
+    required: true
+  kernel_release:
+    description: Kernel to build for. Defaults to the running kernel.
+    type: str
+  name:
+    description: Module name.
+    type: str
+    default: chardev
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether a build would happen; builds and installs nothing.
+  diff_mode:
+    support: none
+requirements:
+  - The kernel headers of O(kernel_release) (role kernel_headers), make and a C compiler.
+"""
+
+EXAMPLES = r"""
+- name: Build the safe variant for the running kernel
+  chardev_build:
+    src: /usr/local/src/chardev
+    sources:
+      chardev.c: "{{ lookup('file', 'files/chardev/chardev.c') }}"
+      Makefile: "{{ lookup('file', 'files/chardev/Makefile') }}"
+    variant: safe
+  register: build
+"""
+
+RETURN = r"""
+built:
+  description: Whether the module was (or, in check mode, would be) built.
+  returned: always
+  type: bool
+  sample: true
+ko:
+  description: Installed module file.
+  returned: always
+  type: str
+  sample: /lib/modules/6.1.0-56-amd64/extra/chardev.ko
+stamp:
+  description: Hash of the sources, variant and kernel release of the installed build.
+  returned: always
+  type: str
+  sample: 9b1c0e6d2f5a4e37
+version:
+  description: MODULE_VERSION of the installed build (it names the variant); empty in check mode before a
+    build.
+  returned: always
+  type: str
+  sample: 1.0-safe
+srcversion:
+  description: srcversion of the installed build.
+  returned: always
+  type: str
+  sample: 3A1E1F0C0E5D2B7C9A8B6D4
+loaded_version:
+  description: MODULE_VERSION of the loaded module, empty when none is loaded.
+  returned: always
+  type: str
+  sample: 1.0-crash
+loaded_srcversion:
+  description: srcversion of the loaded module, empty when none is loaded.
+  returned: always
+  type: str
+  sample: 3A1E1F0C0E5D2B7C9A8B6D4
+reload_needed:
+  description: A build of the module other than the installed one is loaded.
+  returned: always
+  type: bool
+  sample: false
+sources_written:
+  description: Source files that were (or would be) written to O(src).
+  returned: always
+  type: list
+  elements: str
+  sample: [chardev.c]
+warnings_lines:
+  description: Compiler warning lines of the build (empty when clean).
+  returned: always
+  type: list
+  elements: str
+  sample: []
+"""
+
+import hashlib
+import os
+import re
+import shutil
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+SOURCES = ("chardev.c", "Makefile")
+ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
+WARNING_RE = re.compile(r"warning:")
+
+
+def build_stamp(sources: dict[str, bytes], variant: str, release: str) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name] + b"\0")
+    digest.update(f"{variant}\0{release}".encode())
+    return digest.hexdigest()[:16]
+
+
+def compiler_lines(output: str, pattern: re.Pattern[str] = ERROR_RE, limit: int = 20) -> list[str]:
+    """The lines worth showing a student from a kbuild run, with the source line after each error."""
+    lines = output.splitlines()
+    picked: list[str] = []
+    for i, line in enumerate(lines):
+        if pattern.search(line):
+            picked.append(line.rstrip())
+            # gcc prints the offending source line and a caret below an error: keep them.
+            if pattern is ERROR_RE and "error:" in line:
+                picked.extend(ln.rstrip() for ln in lines[i + 1 : i + 3] if ln.startswith(" "))
+    return picked[:limit]
+
+
+def sources_to_write(src: str, sources: dict[str, bytes]) -> list[str]:
+    """Names of the sources whose file in src is missing or different."""
+    stale = []
+    for name in sorted(sources):
+        try:
+            with open(os.path.join(src, name), "rb") as handle:
+                if handle.read() == sources[name]:
+                    continue
+        except OSError:
+            pass
+        stale.append(name)
+    return stale
+
+
+def read_first_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def reload_needed(
+    loaded: bool, loaded_id: tuple[str, str], installed_id: tuple[str, str], pending: bool
+) -> bool:
+    """A loaded module must be replaced when it is not the installed build. A module loaded from
+    elsewhere may carry no version at all: that counts as different. In check mode before a build
+    (pending) the installed identity is unknown, and a loaded module would be replaced."""
+    return loaded and (pending or loaded_id != installed_id or not all(loaded_id))
+
+
+def make_module() -> AnsibleModule:
+    return AnsibleModule(
+        argument_spec={
+            "src": {"type": "path", "required": True},
+            "sources": {"type": "dict", "required": True},
+            "variant": {"type": "str", "required": True, "choices": ["safe", "classic", "crash"]},
+            "kernel_release": {"type": "str"},
+            "name": {"type": "str", "default": "chardev"},
+        },
+        supports_check_mode=True,
+    )
+
+
+def modinfo_field(module: AnsibleModule, ko: str, field: str) -> str:
+    rc, out, _err = module.run_command(["modinfo", "-F", field, ko])
+    return out.strip() if rc == 0 else ""
+
+
+def main() -> None:
+    module = make_module()
+    p = module.params
+    release = p["kernel_release"] or os.uname().release
+    name = p["name"]
+    kdir = f"/lib/modules/{release}/build"
+    ko = f"/lib/modules/{release}/extra/{name}.ko"
+    stamp_file = f"{ko}.stamp"
+    missing = [name for name in SOURCES if name not in p["sources"]]
+    if missing:
+        module.fail_json(msg=f"sources lacks {', '.join(missing)}")
+    # lookup('file') strips the final newline; put it back so the files on the target are the originals.
+    sources = {name: (str(text).rstrip("\n") + "\n").encode() for name, text in p["sources"].items()}
+    written = sources_to_write(p["src"], sources)
+    if written and not module.check_mode:
+        os.makedirs(p["src"], exist_ok=True)
+        for name in written:
+            with open(os.path.join(p["src"], name), "wb") as handle:
+                handle.write(sources[name])
+    stamp = build_stamp(sources, p["variant"], release)
+    built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
+    result: dict[str, Any] = {
+        "changed": built,
+        "built": built,
+        "ko": ko,
+        "stamp": stamp,
+        "warnings_lines": [],
+    }
+    sysfs = f"/sys/module/{name}"
+    result["loaded_version"] = read_first_line(f"{sysfs}/version")
+    result["loaded_srcversion"] = read_first_line(f"{sysfs}/srcversion")
+
+    if built and not module.check_mode:
+        if not os.path.isfile(os.path.join(kdir, "Makefile")):
+            module.fail_json(
+                msg=f"the kernel headers for {release} are missing ({kdir} has no Makefile): "
+                f"run the kernel_headers role first",
+                **result,
+            )
+        make = ["make", "-C", kdir, f"M={p['src']}", f"VARIANT={p['variant']}"]
+        module.run_command([*make, "clean"])
+        rc, out, err = module.run_command([*make, "modules"])
+        output = f"{out}\n{err}"
+        if rc != 0:
+            lines = compiler_lines(output) or output.strip().splitlines()[-15:]
+            module.fail_json(
+                msg=f"building the {p['variant']} variant of {name}.ko for {release} failed:\n"
+                + "\n".join(lines),
+                compiler_lines=lines,
+                **result,
+            )
+        result["warnings_lines"] = compiler_lines(output, WARNING_RE)
+        os.makedirs(os.path.dirname(ko), exist_ok=True)
+        shutil.copyfile(os.path.join(p["src"], f"{name}.ko"), ko)
+        os.chmod(ko, 0o644)
+        module.run_command(["depmod", "-a", release], check_rc=True)
+        with open(stamp_file, "w", encoding="utf-8") as handle:
+            handle.write(stamp + "\n")
+
+    exists = os.path.exists(ko)
+    result["version"] = modinfo_field(module, ko, "version") if exists else ""
+    result["srcversion"] = modinfo_field(module, ko, "srcversion") if exists else ""
+    result["reload_needed"] = reload_needed(
+        os.path.isdir(sysfs),
+        (result["loaded_version"], result["loaded_srcversion"]),
+        (result["version"], result["srcversion"]),
+        built and module.check_mode,
+    )
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
