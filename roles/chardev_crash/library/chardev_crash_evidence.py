@@ -55,6 +55,13 @@ options:
       - Kernel release to take the expected outcome for, for example V(6.1.0-56-amd64).
       - Defaults to the running kernel (C(uname -r) of the managed node).
     type: str
+  settle:
+    description:
+      - Seconds to wait (polling C(/proc) every second) until every judged task is in state C(D) or
+        C(X) before the evidence is taken; the crash takes a moment to show after the trigger.
+      - 0 takes the evidence at once.
+    type: float
+    default: 0
   log_lines:
     description:
       - Maximum number of kernel log lines returned in RV(oops_lines), from the first oops headline on.
@@ -243,6 +250,7 @@ msg:
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -270,6 +278,9 @@ KMSG_PATH = "/dev/kmsg"
 #: How SIGKILL is sent; tests replace it.
 SEND_SIGNAL: Callable[[int, int], None] = os.kill
 DMESG_TIMEOUT = 15
+#: Clock and sleep of the settle wait; tests replace them.
+CLOCK: Callable[[], float] = time.monotonic
+SLEEP: Callable[[float], None] = time.sleep
 
 
 def read_kernel_log() -> tuple[list[str], str]:
@@ -293,13 +304,25 @@ def read_kernel_log() -> tuple[list[str], str]:
     return done.stdout.decode("utf-8", errors="replace").splitlines(), "dmesg"
 
 
+def wait_until_stuck(pidfiles: dict[str, str], judged: set[str], settle: float) -> None:
+    """Poll (bounded by settle seconds) until every judged role's task is stuck in D or X."""
+    deadline = CLOCK() + settle
+    while CLOCK() < deadline:
+        tasks = gather_tasks(pidfiles, root=ROOT, kill_test=False)
+        if all(t.state in ("D", "X") for t in tasks if t.role in judged):
+            return
+        SLEEP(1.0)
+
+
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """The module's work, without AnsibleModule: returns the result dict."""
     release = params.get("kernel_release") or os.uname().release
     expected = expected_outcome(release, params["mode"])
     kill_test = bool(params["kill_test"]) and not check_mode
+    pidfiles = {str(role): str(path) for role, path in params["pidfiles"].items()}
+    wait_until_stuck(pidfiles, set(expected["tasks"]), float(params.get("settle") or 0))
     tasks = gather_tasks(
-        {str(role): str(path) for role, path in params["pidfiles"].items()},
+        pidfiles,
         root=ROOT,
         kill_test=kill_test,
         kill_wait=float(params["kill_wait"]),
@@ -352,6 +375,7 @@ def build_module() -> AnsibleModule:
             "kill_wait": {"type": "float", "default": 2.0},
             "kernel_release": {"type": "str"},
             "log_lines": {"type": "int", "default": 20},
+            "settle": {"type": "float", "default": 0},
         },
         supports_check_mode=True,
     )

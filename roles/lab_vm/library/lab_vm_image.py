@@ -353,7 +353,13 @@ def build_image(
                     handle,
                 )
             log.write("image complete\n")
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isdir(final):
+                raise
+            # Another run built the same image meanwhile: keep the one in place.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
