@@ -74,3 +74,8 @@ bench: setup ## Measure image build, cache reuse and boot time (writes docs/benc
 .PHONY: clean
 clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
 	rm -rf $(VENV)
+
+.PHONY: ssh
+ssh: ## Log in to a local VM: make ssh HOST=lab-vm-1
+	@port=$$(ansible-inventory --host $(or $(HOST),lab-vm-1) | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_port"])') && \
+	exec ssh -i .lab/id_ed25519 -o UserKnownHostsFile=.lab/known_hosts -o IdentitiesOnly=yes -p $$port root@127.0.0.1

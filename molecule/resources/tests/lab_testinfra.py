@@ -37,3 +37,9 @@ def on_target(host, code: str, *args: str) -> dict:
     result = host.run(command)
     assert result.rc == 0, f"{command}\n{result.stdout}{result.stderr}"
     return json.loads(result.stdout)
+
+
+def phase() -> str:
+    """'crashed' after converge, 'reset' once the side_effect (playbooks/reset.yml) ran."""
+    marker = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "phase"
+    return marker.read_text().strip() if marker.exists() else "crashed"

@@ -1,0 +1,85 @@
+"""The crash on a real VM: the stuck tasks in the state the kernel predicts, unkillable, the oops in
+the kernel log; after the reset, a clean host. Expected states come from the one table in
+roles/chardev_crash/module_utils/chardev_crash.py."""
+
+import json
+import time
+
+import pytest
+from chardev_crash import expected_outcome, parse_kernel_log, parse_proc_stat, taint_letters
+from lab_testinfra import evidence, phase
+
+RUN_DIR = "/run/chardev-lab"
+CRASHED = phase() == "crashed"
+
+
+def mode_of(host) -> str:
+    return "splice" if host.backend.get_hostname().endswith("-splice") else "read"
+
+
+def pid_of(host, role: str) -> int:
+    return int(host.file(f"{RUN_DIR}/{role}.pid").content_string.strip())
+
+
+def state_of(host, pid: int) -> str | None:
+    result = host.run(f"cat /proc/{pid}/stat")
+    return parse_proc_stat(result.stdout).state if result.rc == 0 else None
+
+
+def expectation(host) -> dict:
+    return expected_outcome(host.run("uname -r").stdout.strip(), mode_of(host))
+
+
+@pytest.mark.skipif(not CRASHED, reason="checked after converge, before the reset")
+class TestCrashed:
+    def test_tasks_are_stuck_in_the_expected_state(self, host):
+        for role, want in expectation(host)["tasks"].items():
+            pid = pid_of(host, role)
+            assert state_of(host, pid) == want["state"], evidence(
+                host, f"ps -o pid,stat,wchan:32,cmd -p {pid}", "dmesg | tail -40"
+            )
+
+    def test_pipe_reader_waits_in_the_pipe(self, host):
+        if mode_of(host) != "splice":
+            pytest.skip("read mode has no pipe reader")
+        pid = pid_of(host, "reader")
+        wchan = host.file(f"/proc/{pid}/wchan").content_string
+        assert "pipe" in wchan or "mutex" in wchan, wchan
+
+    def test_stuck_tasks_survive_sigkill(self, host):
+        for role in expectation(host)["tasks"]:
+            pid = pid_of(host, role)
+            host.run(f"kill -9 {pid}")
+            time.sleep(2)
+            assert state_of(host, pid) in ("D", "X"), f"{role} {pid} died or woke up after SIGKILL"
+
+    def test_kernel_log_has_the_oops_and_the_recursive_fault(self, host):
+        log = parse_kernel_log(host.run("dmesg").stdout)
+        assert log.oops, "no oops headline in dmesg"
+        assert log.recursive_fault, "no 'Fixing recursive fault but reboot is needed!' in dmesg"
+        assert log.last_unloaded_chardev, "no '[last unloaded: chardev' in dmesg"
+
+    def test_kernel_is_tainted_by_the_oops(self, host):
+        tainted = int(host.file("/proc/sys/kernel/tainted").content_string)
+        assert "D" in taint_letters(tainted), tainted
+
+    def test_module_is_gone_and_the_record_matches(self, host):
+        assert not host.file("/sys/module/chardev").exists
+        record = json.loads(host.file(f"{RUN_DIR}/crashed.json").content_string)
+        assert record["as_expected"], record["mismatches"]
+        assert record["mode"] == mode_of(host)
+
+
+@pytest.mark.skipif(CRASHED, reason="checked after the reset")
+class TestReset:
+    def test_no_module_no_stuck_task_no_taint(self, host):
+        assert not host.file("/sys/module/chardev").exists
+        assert int(host.file("/proc/sys/kernel/tainted").content_string) == 0
+        states = host.run("ps -eo stat=,comm=").stdout.splitlines()
+        stuck = [
+            line for line in states if line.startswith("X") or (line.startswith("D") and "chardev" in line)
+        ]
+        assert not stuck, stuck
+        assert not host.file(f"{RUN_DIR}/crashed.json").exists
+        # A new kernel: this boot never loaded the module.
+        assert "chardev" not in host.run("dmesg").stdout
