@@ -12,7 +12,7 @@ export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 # Packages the control node needs (Debian/Ubuntu names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv make
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-SCENARIOS ?= smoke default crash
+SCENARIOS ?= smoke default crash faults
 
 .PHONY: help
 help: ## List the targets
@@ -61,7 +61,7 @@ unit: venv ## Python unit tests (no VMs)
 	pytest -q tests/unit
 
 .PHONY: molecule
-molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default crash")
+molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default crash faults")
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test

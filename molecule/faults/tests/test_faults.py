@@ -1,0 +1,304 @@
+"""Bad input and faults on a real VM. Each test runs a playbook (the project's own, or a small one from
+molecule/faults/playbooks) with ansible-playbook against molecule's inventory, and checks the return
+code, the failure message and that the host is as it was. pytest runs the tests in file order: the
+ones that change the host for good (lockdown, the killed VM) come last."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from chardev_crash import taint_letters
+from lab_testinfra import evidence, fleet_dir
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+PLAYBOOKS = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "playbooks"
+RUN_DIR = "/run/chardev-lab"
+LOCKDOWN = "/sys/kernel/security/lockdown"
+
+
+# ------------------------------------------------------------------ running playbooks
+
+
+@dataclasses.dataclass
+class Run:
+    """One ansible-playbook run, its JSON report (ansible.builtin.json callback) and its output."""
+
+    command: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict:
+        try:
+            return json.loads(self.stdout)
+        except json.JSONDecodeError:
+            return {}
+
+    def results(self, host: str) -> list[tuple[str, dict]]:
+        """(task name, result) for every task the host ran, in order."""
+        return [
+            (task["task"]["name"], task["hosts"][host])
+            for play in self.report.get("plays", [])
+            for task in play["tasks"]
+            if host in task["hosts"]
+        ]
+
+    def stats(self, host: str) -> dict:
+        return self.report.get("stats", {}).get(host, {})
+
+    def failure(self, host: str) -> str:
+        """The messages of the host's failed or unreachable tasks."""
+        return "\n".join(
+            f"{name}: {result.get('msg', '')}"
+            for name, result in self.results(host)
+            if result.get("failed") or result.get("unreachable")
+        )
+
+    def messages(self, host: str) -> str:
+        """Every message the host's tasks gave (debug output included)."""
+        return "\n".join(str(result.get("msg", "")) for _name, result in self.results(host))
+
+    def task(self, host: str, name: str) -> dict:
+        return next((result for task, result in self.results(host) if task == name), {})
+
+    def __str__(self) -> str:
+        """Evidence for an assertion message: the tasks, how they ended, and the output's tail."""
+        lines = [f"$ {' '.join(self.command)}", f"rc={self.rc}"]
+        for host, stats in self.report.get("stats", {}).items():
+            lines.append(f"{host}: {stats}")
+            for name, result in self.results(host):
+                status = next(
+                    (s for s in ("unreachable", "failed", "skipped", "changed") if result.get(s)), "ok"
+                )
+                msg = str(result.get("msg", "")).strip()
+                lines.append(f"  [{status}] {name}" + (f": {msg[:1500]}" if msg and status != "ok" else ""))
+        if not self.report:
+            lines.append("stdout (tail):\n" + "\n".join(self.stdout.splitlines()[-40:]))
+        lines.append("stderr (tail):\n" + "\n".join(self.stderr.splitlines()[-20:]))
+        return "\n".join(lines)
+
+
+def run_playbook(host, playbook: Path, *args: str, timeout: int = 1200) -> Run:
+    """ansible-playbook against molecule's inventory (and its group_vars/host_vars), with the ansible.cfg
+    molecule generated, limited to the host under test."""
+    command = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent),
+        "-l",
+        host.backend.get_hostname(),
+        str(playbook),
+        *args,
+    ]
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(EPHEMERAL / "ansible.cfg"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=PLAYBOOKS, check=False
+    )
+    return Run(command, done.returncode, done.stdout, done.stderr)
+
+
+# ------------------------------------------------------------------ reading the host
+
+
+def name_of(host) -> str:
+    return host.backend.get_hostname()
+
+
+def read(host, path: str) -> str | None:
+    result = host.run(f"cat {path}")
+    return result.stdout.strip() if result.rc == 0 else None
+
+
+def module_state(host) -> dict:
+    """The loaded chardev build, the installed one and the node: what a refused run must not touch."""
+    release = host.run("uname -r").stdout.strip()
+    ko = f"/lib/modules/{release}/extra/chardev.ko"
+    return {
+        "version": read(host, "/sys/module/chardev/version"),
+        "srcversion": read(host, "/sys/module/chardev/srcversion"),
+        "ko": host.run(f"stat -c '%i %s %Y' {ko}").stdout.strip(),
+        "stamp": read(host, f"{ko}.stamp"),
+        "node": host.run("stat -c '%F %t:%T %a %U:%G %i %Y %Z' /dev/chardev").stdout.strip(),
+    }
+
+
+def char_major(host) -> int | None:
+    devices = host.file("/proc/devices").content_string.split("Block devices:")[0]
+    majors = [int(ln.split()[0]) for ln in devices.splitlines() if ln.strip().endswith(" chardev")]
+    return majors[0] if len(majors) == 1 else None
+
+
+def node_major(host) -> int | None:
+    fields = host.run("stat -c '%F|%t' /dev/chardev").stdout.strip().split("|")
+    return int(fields[1], 16) if fields[0] == "character special file" else None
+
+
+def tainted(host) -> int:
+    return int(host.file("/proc/sys/kernel/tainted").content_string)
+
+
+def crash_untouched(host) -> str | None:
+    """None when the crash did not happen: no record, the safe build still loaded, no oops taint."""
+    problems = []
+    if host.file(f"{RUN_DIR}/crashed.json").exists:
+        problems.append("a crash record exists")
+    if read(host, "/sys/module/chardev/version") != "1.0-safe":
+        problems.append("the safe module is no longer loaded")
+    if "D" in taint_letters(tainted(host)):
+        problems.append("the kernel has the oops taint (D)")
+    if (EPHEMERAL / "results" / f"{name_of(host)}.crash.json").exists():
+        problems.append("a crash result was written on the control node")
+    return "; ".join(problems) or None
+
+
+def file_fingerprint(path: Path) -> tuple[str, int] | None:
+    if not path.exists():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+# ------------------------------------------------------------------ the cases
+
+
+def test_unknown_variant_is_refused_by_the_argument_specs(host):
+    before = module_state(host)
+    run = run_playbook(host, PLAYBOOKS / "chardev.yml", "-e", "chardev_variant=bogus")
+    assert run.rc != 0, run
+    failure = run.failure(name_of(host))
+    assert "chardev_variant" in failure and "bogus" in failure, run
+    assert "Validation of arguments failed" in failure or "argument" in failure.lower(), run
+    assert run.stats(name_of(host)).get("changed") == 0, run
+    assert module_state(host) == before, (before, module_state(host))
+
+
+def test_missing_headers_are_named(host):
+    run = run_playbook(host, PLAYBOOKS / "build.yml", "-e", "faults_kernel_release=0.0.0-missing")
+    assert run.rc != 0, run
+    failure = run.failure(name_of(host))
+    assert "kernel_headers" in failure, run
+    assert "0.0.0-missing" in failure, run
+    assert not host.file("/lib/modules/0.0.0-missing").exists, evidence(host, "ls -la /lib/modules")
+
+
+def test_failed_build_reports_the_compiler_errors_only(host):
+    before = module_state(host)
+    run = run_playbook(host, PLAYBOOKS / "build.yml", "-e", "faults_broken=true")
+    assert run.rc != 0, run
+    result = run.task(name_of(host), "Build the safe variant in the scratch directory")
+    msg = result.get("msg", "")
+    assert "error:" in msg, run
+    assert "faults_broken" in msg, run  # the offending source line, under the error
+    # The error lines, not the whole make output.
+    assert "Entering directory" not in msg and "CC [M]" not in msg, msg
+    assert len(msg.splitlines()) <= 21, msg
+    assert any("error:" in line for line in result.get("compiler_lines", [])), result
+    assert module_state(host) == before, (before, module_state(host))
+
+
+def test_node_path_taken_by_a_regular_file_is_left_alone(host):
+    path = "/root/not-a-device"
+    assert host.run(f"printf 'not a device\\n' > {path}").rc == 0
+    fingerprint = f"stat -c '%F %i %s %a %Y' {path}; sha256sum {path}"
+    before = host.run(fingerprint).stdout
+    try:
+        run = run_playbook(host, PLAYBOOKS / "node.yml", "-e", f"faults_node_path={path}")
+        assert run.rc != 0, run
+        failure = run.failure(name_of(host))
+        assert "regular file" in failure and "not a character device" in failure, run
+        assert host.run(fingerprint).stdout == before, evidence(host, f"ls -la {path}")
+    finally:
+        host.run(f"rm -f {path}")
+
+
+def test_check_mode_changes_nothing(host):
+    results_file = EPHEMERAL / "results" / f"{name_of(host)}.json"
+    before = module_state(host), file_fingerprint(results_file)
+    assert before[1] is not None, f"converge wrote no {results_file}"
+    run = run_playbook(host, PROJECT / "playbooks/lab.yml", "--check")
+    assert run.rc == 0, run
+    assert run.stats(name_of(host)).get("changed") == 0, run
+    after = module_state(host), file_fingerprint(results_file)
+    assert after == before, (before, after)
+
+
+@pytest.mark.parametrize("variant", ["classic", "safe"])
+def test_module_loaded_from_another_build_is_replaced(host, variant):
+    run = run_playbook(host, PLAYBOOKS / "chardev.yml", "-e", f"chardev_variant={variant}")
+    assert run.rc == 0, run
+    # The other build was loaded: the role had to unload it before loading this one.
+    unload = run.task(name_of(host), "Unload another build of the module")
+    assert unload.get("changed"), run
+    assert read(host, "/sys/module/chardev/version") == f"1.0-{variant}", evidence(host, "dmesg | tail -20")
+    assert node_major(host) == char_major(host) is not None, evidence(
+        host, "cat /proc/devices", "ls -l /dev/chardev"
+    )
+
+
+def test_crash_is_skipped_on_a_host_not_opted_in(host):
+    run = run_playbook(host, PROJECT / "playbooks/crash.yml", "-e", "chardev_crash_allowed=false")
+    assert run.rc == 0, run
+    assert "not opted in" in run.messages(name_of(host)), run
+    assert crash_untouched(host) is None, crash_untouched(host)
+
+
+def test_crash_is_refused_when_an_oops_would_panic(host):
+    assert host.run("sysctl -w kernel.panic_on_oops=1").rc == 0
+    try:
+        run = run_playbook(host, PROJECT / "playbooks/crash.yml")
+        assert run.rc != 0, run
+        failure = run.failure(name_of(host))
+        assert "would panic the kernel" in failure and "panic_on_oops=1" in failure, run
+        assert read(host, "/proc/sys/kernel/panic_on_oops") == "1", "the role changed panic_on_oops"
+        assert crash_untouched(host) is None, crash_untouched(host)
+    finally:
+        host.run("sysctl -w kernel.panic_on_oops=0")
+
+
+def test_crash_is_refused_in_lockdown(host):
+    # Raising lockdown cannot be undone before a reboot: this test runs after every test that needs
+    # to load a module, and the last test resets the VM.
+    if not host.file(LOCKDOWN).exists:
+        pytest.skip(f"{LOCKDOWN} does not exist: this kernel has no lockdown LSM")
+    assert host.run(f"echo integrity > {LOCKDOWN}").rc == 0, evidence(host, f"cat {LOCKDOWN}")
+    assert "[integrity]" in read(host, LOCKDOWN)
+    run = run_playbook(host, PROJECT / "playbooks/crash.yml")
+    assert run.rc != 0, run
+    failure = run.failure(name_of(host))
+    assert "lockdown" in failure and "[integrity]" in failure, run
+    assert "Key was rejected by service" in failure, run
+    assert crash_untouched(host) is None, crash_untouched(host)
+
+
+def test_killed_vm_is_found_unreachable_reset_and_clean(host):
+    vm_dir = fleet_dir() / "vms" / name_of(host)
+    boot_id = read(host, "/proc/sys/kernel/random/boot_id")
+    pid = int((vm_dir / "qemu.pid").read_text().strip())
+    os.kill(pid, 9)
+    run = run_playbook(host, PROJECT / "playbooks/reset.yml")
+    assert run.rc == 0, run
+    probe = run.task(name_of(host), "Look for a crash record and the oops taint")
+    assert probe.get("unreachable"), run
+    assert "reset (unreachable): fresh disk" in run.messages(name_of(host)), run
+    assert run.task(name_of(host), "Check the clean state").get("failed") is not True, run
+    # A new boot of a fresh disk: SSH answers, no module, no taint.
+    assert host.run("true").rc == 0
+    assert read(host, "/proc/sys/kernel/random/boot_id") != boot_id
+    assert not host.file("/sys/module/chardev").exists, evidence(host, "lsmod")
+    assert tainted(host) == 0, evidence(host, "cat /proc/sys/kernel/tainted", "dmesg | tail -20")
+    assert not host.file(f"{RUN_DIR}/crashed.json").exists
+    assert not host.file("/root/faults-src").exists, "the disk is not a fresh overlay"
