@@ -177,6 +177,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and uncommitted changes to the code the measures run."""
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    paths = ["roles/lab_vm", "playbooks/fleet.yml", "ansible.cfg"]
+    dirty = git("status", "--porcelain", "--", *paths).splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "uncommitted": [d[3:] for d in dirty]}
+
+
 def ansible_tool(name: str) -> str:
     """The virtualenv's tool next to this interpreter, else the one on PATH."""
     beside = Path(sys.executable).parent / name
@@ -662,6 +674,7 @@ class Bench:
     def run_all(self) -> None:
         self.results["started"] = now_iso()
         self.results["machine"] = machine_info()
+        self.results["code"] = code_version()
         self.measure_cold()
         self.measure_cached()
         self.measure_boots()
@@ -811,7 +824,7 @@ def fmt_ratio(x: float | None, longer: str = "") -> str:
 
 
 def render(r: dict[str, Any], command: str) -> str:
-    m = r["machine"]
+    m, code = r["machine"], r["code"]
     probe = r["accel_probe"]
     cold, cached, boot, mem, disk = r["cold_image"], r["cached_image"], r["boot"], r["memory"], r["disk"]
     ctx = r["context"]
@@ -828,8 +841,10 @@ def render(r: dict[str, Any], command: str) -> str:
         "(`ansible-playbook` runs of the `lab_vm` role with the project's `ansible.cfg`, and the modules'",
         "own results); `tools/bench.py` says how each one is taken.",
         "",
-        f"- Date: {r['started']} to {r['finished']} (UTC)",
+        f"- Date: {r['started'][:10]}, {r['started'][11:16]} to {r['finished'][11:16]} UTC",
         f"- Command: `{command}` (from the repository root; `make bench` runs it with the default counts)",
+        f"- Code: commit {code['commit']}"
+        + (f", with uncommitted changes to {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""),
         "",
         "> These figures come from **one run on a shared, noisy machine**: other engineers' molecule",
         f"> scenarios were running TCG VMs at the same time ({min(others)} to {max(others)} other QEMU",
@@ -904,8 +919,7 @@ def render(r: dict[str, Any], command: str) -> str:
         row(f"QEMU peak RSS (VmHWM), booted and idle {mem['idle_seconds']} s", mem["vmhwm_mib"], fmt_mib),
         row("QEMU RSS (VmRSS) at the same moment", mem["vmrss_mib"], fmt_mib),
         "",
-        f"The guest has {mem['guest_memory_mib']} MiB (the role's default `lab_vm_memory`); QEMU runs",
-        "under TCG.",
+        f"The guest has {mem['guest_memory_mib']} MiB (the role's default `lab_vm_memory`), under TCG.",
         "",
         "| On disk | Allocated |",
         "| --- | ---: |",
@@ -920,7 +934,7 @@ def render(r: dict[str, Any], command: str) -> str:
         "## Ratios (medians of this run)",
         "",
         "| Ratio | Value |",
-        "| --- | ---: |",
+        "| --- | --- |",
         f"| Second fleet run / cold image step | "
         f"{fmt_ratio(rt['second_fleet_run_vs_cold_image_step'], 'the cold step')} |",
         f"| `lab_vm_image` on a warm cache / cold `lab_vm_image` build | "

@@ -448,7 +448,9 @@ def test_qemu_command_shape() -> None:
     assert option(cmd, "-initrd") == ["/cache/img/initrd.img"]
     assert "root=/dev/vda" in option(cmd, "-append")[0].split()
     assert "console=ttyS0" in option(cmd, "-append")[0].split()
-    assert option(cmd, "-drive") == ["file=/lab/vms/lab-vm-1/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe"]
+    assert option(cmd, "-drive") == [
+        "file=/lab/vms/lab-vm-1/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe"
+    ]
     # SSH is forwarded on the loopback address only.
     (netdev,) = option(cmd, "-netdev")
     assert "hostfwd=tcp:127.0.0.1:2201-:22" in netdev.split(",")

@@ -227,8 +227,9 @@ def main() -> None:
     stamp = build_stamp(sources, p["variant"], release)
     built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
     result: dict[str, Any] = {
-        "changed": built,
+        "changed": built or bool(written),
         "built": built,
+        "sources_written": written,
         "ko": ko,
         "stamp": stamp,
         "warnings_lines": [],

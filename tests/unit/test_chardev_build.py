@@ -1,0 +1,105 @@
+"""chardev_build: the rebuild decision, the compiler lines shown on failure, the reload decision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import chardev_build
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+DATA = Path(__file__).parent / "data"
+SOURCES = {"chardev.c": b"int x;\n", "Makefile": b"obj-m := chardev.o\n"}
+
+
+def test_stamp_changes_with_each_input() -> None:
+    base = chardev_build.build_stamp(SOURCES, "safe", "6.1.0-56-amd64")
+    assert base == chardev_build.build_stamp(dict(reversed(SOURCES.items())), "safe", "6.1.0-56-amd64")
+    assert base != chardev_build.build_stamp({**SOURCES, "chardev.c": b"int y;\n"}, "safe", "6.1.0-56-amd64")
+    assert base != chardev_build.build_stamp(SOURCES, "crash", "6.1.0-56-amd64")
+    assert base != chardev_build.build_stamp(SOURCES, "safe", "6.12.57+deb13-amd64")
+
+
+def test_compiler_lines_from_a_real_kbuild_failure() -> None:
+    """Captured from a Debian 6.1 kbuild run on chardev.c with a missing semicolon."""
+    lines = chardev_build.compiler_lines((DATA / "kbuild-error-6.1.txt").read_text())
+    assert lines[0].endswith("error: expected \u2018;\u2019 before \u2018}\u2019 token")
+    # gcc's source line and caret come with the error...
+    assert lines[1].strip() == "134 | }" and lines[2].strip() == "| ^"
+    # ...then make's own failure lines; the noise (Entering directory, CC) is left out.
+    assert not any("Entering directory" in ln or "CC [M]" in ln for ln in lines)
+    assert any("Error 1" in ln for ln in lines)
+
+
+def test_warning_lines() -> None:
+    warning = "/src/chardev.c:10:5: warning: unused variable \u2018x\u2019 [-Wunused-variable]"
+    out = f"  CC [M]  /src/chardev.o\n{warning}\n"
+    assert chardev_build.compiler_lines(out, chardev_build.WARNING_RE) == [warning]
+
+
+def test_sources_to_write(tmp_path: Path) -> None:
+    assert chardev_build.sources_to_write(str(tmp_path), SOURCES) == ["Makefile", "chardev.c"]
+    (tmp_path / "Makefile").write_bytes(SOURCES["Makefile"])
+    (tmp_path / "chardev.c").write_bytes(b"old\n")
+    assert chardev_build.sources_to_write(str(tmp_path), SOURCES) == ["chardev.c"]
+
+
+@pytest.mark.parametrize(
+    ("loaded", "loaded_id", "installed_id", "pending", "want"),
+    [
+        (False, ("", ""), ("1.0-safe", "ABC"), False, False),  # nothing loaded
+        (True, ("1.0-safe", "ABC"), ("1.0-safe", "ABC"), False, False),  # the installed build
+        (True, ("1.0-crash", "ABC"), ("1.0-safe", "ABC"), False, True),  # another variant, same source
+        (True, ("1.0-safe", "OLD"), ("1.0-safe", "ABC"), False, True),  # older source
+        (True, ("", ""), ("1.0-safe", "ABC"), False, True),  # a build without version (not ours)
+        (True, ("1.0-safe", "ABC"), ("1.0-safe", "ABC"), True, True),  # check mode, a build would happen
+    ],
+)
+def test_reload_needed(loaded, loaded_id, installed_id, pending, want) -> None:
+    assert chardev_build.reload_needed(loaded, loaded_id, installed_id, pending) is want
+
+
+def run_module(capsys: pytest.CaptureFixture[str], **args: Any) -> dict[str, Any]:
+    with patch_module_args(args), pytest.raises(SystemExit):
+        chardev_build.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def test_check_mode_on_a_fresh_host_changes_nothing(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    result = run_module(
+        capsys,
+        src=str(src),
+        sources={k: v.decode() for k, v in SOURCES.items()},
+        variant="safe",
+        kernel_release="0.0.0-missing",
+        _ansible_check_mode=True,
+    )
+    assert result["changed"] and result["built"]
+    assert result["sources_written"] == ["Makefile", "chardev.c"]
+    assert not src.exists()
+
+
+def test_missing_headers_are_named(tmp_path: Path, capsys) -> None:
+    result = run_module(
+        capsys,
+        src=str(tmp_path / "src"),
+        sources={k: v.decode() for k, v in SOURCES.items()},
+        variant="safe",
+        kernel_release="0.0.0-missing",
+    )
+    assert result["failed"]
+    assert "kernel headers for 0.0.0-missing are missing" in result["msg"]
+    assert "kernel_headers role" in result["msg"]
+
+
+def test_sources_must_be_complete(tmp_path: Path, capsys) -> None:
+    result = run_module(capsys, src=str(tmp_path), sources={"chardev.c": "x"}, variant="safe")
+    assert result["failed"] and "Makefile" in result["msg"]
+
+
+def test_unknown_variant_is_refused(tmp_path: Path, capsys) -> None:
+    result = run_module(capsys, src=str(tmp_path), sources={}, variant="bogus")
+    assert result["failed"] and "bogus" in result["msg"]
