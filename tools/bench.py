@@ -977,7 +977,9 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGHUP, interrupted)
+    # Under nohup a hang-up is ignored, and must stay so.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, interrupted)
     bench = Bench(args)
     rc = 0
     try:

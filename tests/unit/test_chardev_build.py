@@ -103,3 +103,84 @@ def test_sources_must_be_complete(tmp_path: Path, capsys) -> None:
 def test_unknown_variant_is_refused(tmp_path: Path, capsys) -> None:
     result = run_module(capsys, src=str(tmp_path), sources={}, variant="bogus")
     assert result["failed"] and "bogus" in result["msg"]
+
+
+class FakeKbuild:
+    """Stands in for make, depmod and modinfo: records the commands, makes chardev.ko like kbuild."""
+
+    def __init__(self, fail_with: str = "") -> None:
+        self.commands: list[list[str]] = []
+        self.fail_with = fail_with
+
+    def __call__(self, args, check_rc=False, **kwargs):
+        self.commands.append(list(args))
+        if args[0] == "make" and args[-1] == "modules":
+            if self.fail_with:
+                return 2, "", self.fail_with
+            src = next(a[2:] for a in args if a.startswith("M="))
+            variant = next(a[8:] for a in args if a.startswith("VARIANT="))
+            Path(src, "chardev.ko").write_text(f"module {variant}")
+        if args[0] == "modinfo":
+            ko_text = Path(args[-1]).read_text()
+            return 0, {"version": f"1.0-{ko_text.split()[1]}", "srcversion": "ABC"}[args[2]] + "\n", ""
+        return 0, "", ""
+
+
+@pytest.fixture
+def kernel_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "lib-modules"
+    (root / "6.1.0-56-amd64" / "build").mkdir(parents=True)
+    (root / "6.1.0-56-amd64" / "build" / "Makefile").write_text("# kbuild\n")
+    monkeypatch.setattr(chardev_build, "MODULES_ROOT", str(root))
+    monkeypatch.setattr(chardev_build, "SYSFS_MODULES", str(tmp_path / "sys-module"))
+    return root
+
+
+def build(capsys, tmp_path: Path, kbuild: FakeKbuild, monkeypatch, variant: str = "safe", **extra):
+    monkeypatch.setattr("ansible.module_utils.basic.AnsibleModule.run_command", kbuild)
+    return run_module(
+        capsys,
+        src=str(tmp_path / "src"),
+        sources={k: v.decode() for k, v in SOURCES.items()},
+        variant=variant,
+        kernel_release="6.1.0-56-amd64",
+        **extra,
+    )
+
+
+def test_build_installs_then_reuses_then_rebuilds_for_another_variant(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    kbuild = FakeKbuild()
+    first = build(capsys, tmp_path, kbuild, monkeypatch)
+    assert first["changed"] and first["built"] and first["version"] == "1.0-safe"
+    assert (tmp_path / "src" / "chardev.c").read_bytes() == SOURCES["chardev.c"]
+    assert (kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko").exists()
+    assert ["depmod", "-a", "6.1.0-56-amd64"] in kbuild.commands
+
+    again = FakeKbuild()
+    second = build(capsys, tmp_path, again, monkeypatch)
+    assert not second["changed"] and not second["built"] and second["sources_written"] == []
+    assert not any(cmd[0] == "make" for cmd in again.commands)
+
+    third = build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="crash")
+    assert third["built"] and third["version"] == "1.0-crash"
+
+
+def test_loaded_other_build_needs_a_reload(tmp_path: Path, kernel_tree: Path, capsys, monkeypatch) -> None:
+    sysfs = tmp_path / "sys-module" / "chardev"
+    sysfs.mkdir(parents=True)
+    (sysfs / "version").write_text("1.0-classic\n")
+    (sysfs / "srcversion").write_text("ABC\n")
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch)
+    assert result["loaded_version"] == "1.0-classic" and result["reload_needed"]
+
+
+def test_failed_build_shows_the_compiler_lines(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    failure = (DATA / "kbuild-error-6.1.txt").read_text()
+    result = build(capsys, tmp_path, FakeKbuild(fail_with=failure), monkeypatch)
+    assert result["failed"]
+    assert "error: expected" in result["msg"] and "Entering directory" not in result["msg"]
+    assert not (kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko").exists()

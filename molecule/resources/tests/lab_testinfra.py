@@ -43,3 +43,20 @@ def phase() -> str:
     """'crashed' after converge, 'reset' once the side_effect (playbooks/reset.yml) ran."""
     marker = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "phase"
     return marker.read_text().strip() if marker.exists() else "crashed"
+
+
+def run_playbook(playbook: str, *args: str, timeout: int = 1200):
+    """Run a project playbook against this scenario's instances, as molecule itself would."""
+    import subprocess
+
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        str(project / playbook),
+        *args,
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -2,7 +2,7 @@
 
 import re
 
-from lab_testinfra import fleet_dir, platform
+from lab_testinfra import fleet_dir, platform, run_playbook
 
 KERNEL_SERIES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}
 
@@ -42,3 +42,26 @@ def test_only_the_fleet_key_may_log_in(host):
 def test_sshd_listens_and_network_is_up(host):
     assert host.socket("tcp://0.0.0.0:22").is_listening or host.socket("tcp://:::22").is_listening
     assert "10.0.2." in host.run("ip -4 -o addr show").stdout
+
+
+def lab_footprint(host) -> dict:
+    """Everything the lab would put on the host."""
+    release = host.run("uname -r").stdout.strip()
+    return {
+        "headers": host.package(f"linux-headers-{release}").is_installed,
+        "sources": host.file("/usr/local/src/chardev").exists,
+        "installed_module": host.file(f"/lib/modules/{release}/extra/chardev.ko").exists,
+        "loaded": host.file("/sys/module/chardev").exists,
+        "node": host.file("/dev/chardev").exists,
+    }
+
+
+def test_check_mode_on_a_fresh_host_reports_and_changes_nothing(host):
+    before = lab_footprint(host)
+    assert not any(before.values()), before
+    result = run_playbook("playbooks/lab.yml", "--check", "--limit", host.backend.get_hostname())
+    output = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, output
+    recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)
+    assert recap and int(recap.group(1)) > 0, f"check mode should report what it would do\n{output}"
+    assert lab_footprint(host) == before, output

@@ -131,6 +131,9 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 SOURCES = ("chardev.c", "Makefile")
+# Where kernels keep their modules and where loaded modules show; tests point them into a tmp dir.
+MODULES_ROOT = "/lib/modules"
+SYSFS_MODULES = "/sys/module"
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
 WARNING_RE = re.compile(r"warning:")
 
@@ -210,8 +213,8 @@ def main() -> None:
     p = module.params
     release = p["kernel_release"] or os.uname().release
     name = p["name"]
-    kdir = f"/lib/modules/{release}/build"
-    ko = f"/lib/modules/{release}/extra/{name}.ko"
+    kdir = f"{MODULES_ROOT}/{release}/build"
+    ko = f"{MODULES_ROOT}/{release}/extra/{name}.ko"
     stamp_file = f"{ko}.stamp"
     missing = [name for name in SOURCES if name not in p["sources"]]
     if missing:
@@ -221,9 +224,9 @@ def main() -> None:
     written = sources_to_write(p["src"], sources)
     if written and not module.check_mode:
         os.makedirs(p["src"], exist_ok=True)
-        for name in written:
-            with open(os.path.join(p["src"], name), "wb") as handle:
-                handle.write(sources[name])
+        for source in written:
+            with open(os.path.join(p["src"], source), "wb") as handle:
+                handle.write(sources[source])
     stamp = build_stamp(sources, p["variant"], release)
     built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
     result: dict[str, Any] = {
@@ -234,7 +237,7 @@ def main() -> None:
         "stamp": stamp,
         "warnings_lines": [],
     }
-    sysfs = f"/sys/module/{name}"
+    sysfs = f"{SYSFS_MODULES}/{name}"
     result["loaded_version"] = read_first_line(f"{sysfs}/version")
     result["loaded_srcversion"] = read_first_line(f"{sysfs}/srcversion")
 
