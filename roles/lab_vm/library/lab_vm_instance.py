@@ -436,6 +436,9 @@ class Vm:
         rc, _out, err = self.module.run_command(qemu_command(self.p, self.dir, seed))
         if rc != 0:
             raise VmError(f"QEMU did not start (rc={rc}): {err.strip()}")
+        self.wait_for_ssh(started)
+
+    def wait_for_ssh(self, started: float) -> None:
         if not wait_for(
             lambda: ssh_banner(self.p["ssh_port"]),
             self.p["boot_timeout"],
@@ -473,6 +476,9 @@ class Vm:
         # started: restart when the wanted configuration differs from the running one.
         if running_pid(self.dir):
             if self.saved_config() == self.wanted_config():
+                # Still booting (an interrupted run started it): wait for SSH like a fresh start would.
+                if not self.module.check_mode and not ssh_banner(self.p["ssh_port"]):
+                    self.wait_for_ssh(time.monotonic())
                 return
             self.actions.append("configuration changed")
             self.stop_if_running()
