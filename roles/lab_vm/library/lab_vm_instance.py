@@ -183,8 +183,11 @@ def qemu_command(p: dict[str, Any], vm_dir: str, seed: str) -> list[str]:
         "-initrd",
         p["initrd"],
         # panic=0 on purpose: a panic must stay on screen for the student, not reboot the VM.
+        # systemd's 90 s start and device timeouts are raised: TCG guests booting while others run can
+        # take minutes, and a unit that times out (udev's ttyS0, networkd) leaves a VM without SSH.
         "-append",
-        "root=/dev/vda rw console=ttyS0 quiet",
+        "root=/dev/vda rw console=ttyS0 quiet "
+        "systemd.default_timeout_start_sec=900 systemd.default_device_timeout_sec=900",
         # cache=unsafe: the overlay is disposable (a reset replaces it), so the guest's flushes need not
         # reach the host's disk; package installs inside the VM are much faster without them.
         "-drive",
