@@ -68,7 +68,10 @@ class Run:
         return "\n".join(str(result.get("msg", "")) for _name, result in self.results(host))
 
     def task(self, host: str, name: str) -> dict:
-        return next((result for task, result in self.results(host) if task == name), {})
+        """The result of the task called name (a role's tasks are reported as "role : name")."""
+        return next(
+            (result for task, result in self.results(host) if name in (task, task.split(" : ", 1)[-1])), {}
+        )
 
     def __str__(self) -> str:
         """Evidence for an assertion message: the tasks, how they ended, and the output's tail."""
@@ -80,7 +83,7 @@ class Run:
                     (s for s in ("unreachable", "failed", "skipped", "changed") if result.get(s)), "ok"
                 )
                 msg = str(result.get("msg", "")).strip()
-                lines.append(f"  [{status}] {name}" + (f": {msg[:1500]}" if msg and status != "ok" else ""))
+                lines.append(f"  [{status}] {name}" + (f": {msg[:4000]}" if msg and status != "ok" else ""))
         if not self.report:
             lines.append("stdout (tail):\n" + "\n".join(self.stdout.splitlines()[-40:]))
         lines.append("stderr (tail):\n" + "\n".join(self.stderr.splitlines()[-20:]))
@@ -178,31 +181,31 @@ def file_fingerprint(path: Path) -> tuple[str, int] | None:
 def test_unknown_variant_is_refused_by_the_argument_specs(host):
     before = module_state(host)
     run = run_playbook(host, PLAYBOOKS / "chardev.yml", "-e", "chardev_variant=bogus")
-    assert run.rc != 0, run
+    assert run.rc != 0, str(run)
     failure = run.failure(name_of(host))
-    assert "chardev_variant" in failure and "bogus" in failure, run
-    assert "Validation of arguments failed" in failure or "argument" in failure.lower(), run
-    assert run.stats(name_of(host)).get("changed") == 0, run
+    assert "chardev_variant" in failure and "bogus" in failure, str(run)
+    assert "Validation of arguments failed" in failure or "argument" in failure.lower(), str(run)
+    assert run.stats(name_of(host)).get("changed") == 0, str(run)
     assert module_state(host) == before, (before, module_state(host))
 
 
 def test_missing_headers_are_named(host):
     run = run_playbook(host, PLAYBOOKS / "build.yml", "-e", "faults_kernel_release=0.0.0-missing")
-    assert run.rc != 0, run
+    assert run.rc != 0, str(run)
     failure = run.failure(name_of(host))
-    assert "kernel_headers" in failure, run
-    assert "0.0.0-missing" in failure, run
+    assert "kernel_headers" in failure, str(run)
+    assert "0.0.0-missing" in failure, str(run)
     assert not host.file("/lib/modules/0.0.0-missing").exists, evidence(host, "ls -la /lib/modules")
 
 
 def test_failed_build_reports_the_compiler_errors_only(host):
     before = module_state(host)
     run = run_playbook(host, PLAYBOOKS / "build.yml", "-e", "faults_broken=true")
-    assert run.rc != 0, run
+    assert run.rc != 0, str(run)
     result = run.task(name_of(host), "Build the safe variant in the scratch directory")
     msg = result.get("msg", "")
-    assert "error:" in msg, run
-    assert "faults_broken" in msg, run  # the offending source line, under the error
+    assert "error:" in msg, str(run)
+    assert "faults_broken" in msg, str(run)  # the offending source line, under the error
     # The error lines, not the whole make output.
     assert "Entering directory" not in msg and "CC [M]" not in msg, msg
     assert len(msg.splitlines()) <= 21, msg
@@ -217,9 +220,9 @@ def test_node_path_taken_by_a_regular_file_is_left_alone(host):
     before = host.run(fingerprint).stdout
     try:
         run = run_playbook(host, PLAYBOOKS / "node.yml", "-e", f"faults_node_path={path}")
-        assert run.rc != 0, run
+        assert run.rc != 0, str(run)
         failure = run.failure(name_of(host))
-        assert "regular file" in failure and "not a character device" in failure, run
+        assert "regular file" in failure and "not a character device" in failure, str(run)
         assert host.run(fingerprint).stdout == before, evidence(host, f"ls -la {path}")
     finally:
         host.run(f"rm -f {path}")
@@ -230,8 +233,8 @@ def test_check_mode_changes_nothing(host):
     before = module_state(host), file_fingerprint(results_file)
     assert before[1] is not None, f"converge wrote no {results_file}"
     run = run_playbook(host, PROJECT / "playbooks/lab.yml", "--check")
-    assert run.rc == 0, run
-    assert run.stats(name_of(host)).get("changed") == 0, run
+    assert run.rc == 0, str(run)
+    assert run.stats(name_of(host)).get("changed") == 0, str(run)
     after = module_state(host), file_fingerprint(results_file)
     assert after == before, (before, after)
 
@@ -239,10 +242,10 @@ def test_check_mode_changes_nothing(host):
 @pytest.mark.parametrize("variant", ["classic", "safe"])
 def test_module_loaded_from_another_build_is_replaced(host, variant):
     run = run_playbook(host, PLAYBOOKS / "chardev.yml", "-e", f"chardev_variant={variant}")
-    assert run.rc == 0, run
+    assert run.rc == 0, str(run)
     # The other build was loaded: the role had to unload it before loading this one.
     unload = run.task(name_of(host), "Unload another build of the module")
-    assert unload.get("changed"), run
+    assert unload.get("changed"), str(run)
     assert read(host, "/sys/module/chardev/version") == f"1.0-{variant}", evidence(host, "dmesg | tail -20")
     assert node_major(host) == char_major(host) is not None, evidence(
         host, "cat /proc/devices", "ls -l /dev/chardev"
@@ -251,8 +254,8 @@ def test_module_loaded_from_another_build_is_replaced(host, variant):
 
 def test_crash_is_skipped_on_a_host_not_opted_in(host):
     run = run_playbook(host, PROJECT / "playbooks/crash.yml", "-e", "chardev_crash_allowed=false")
-    assert run.rc == 0, run
-    assert "not opted in" in run.messages(name_of(host)), run
+    assert run.rc == 0, str(run)
+    assert "not opted in" in run.messages(name_of(host)), str(run)
     assert crash_untouched(host) is None, crash_untouched(host)
 
 
@@ -260,9 +263,9 @@ def test_crash_is_refused_when_an_oops_would_panic(host):
     assert host.run("sysctl -w kernel.panic_on_oops=1").rc == 0
     try:
         run = run_playbook(host, PROJECT / "playbooks/crash.yml")
-        assert run.rc != 0, run
+        assert run.rc != 0, str(run)
         failure = run.failure(name_of(host))
-        assert "would panic the kernel" in failure and "panic_on_oops=1" in failure, run
+        assert "would panic the kernel" in failure and "panic_on_oops=1" in failure, str(run)
         assert read(host, "/proc/sys/kernel/panic_on_oops") == "1", "the role changed panic_on_oops"
         assert crash_untouched(host) is None, crash_untouched(host)
     finally:
@@ -277,10 +280,10 @@ def test_crash_is_refused_in_lockdown(host):
     assert host.run(f"echo integrity > {LOCKDOWN}").rc == 0, evidence(host, f"cat {LOCKDOWN}")
     assert "[integrity]" in read(host, LOCKDOWN)
     run = run_playbook(host, PROJECT / "playbooks/crash.yml")
-    assert run.rc != 0, run
+    assert run.rc != 0, str(run)
     failure = run.failure(name_of(host))
-    assert "lockdown" in failure and "[integrity]" in failure, run
-    assert "Key was rejected by service" in failure, run
+    assert "lockdown" in failure and "[integrity]" in failure, str(run)
+    assert "Key was rejected by service" in failure, str(run)
     assert crash_untouched(host) is None, crash_untouched(host)
 
 
@@ -290,11 +293,13 @@ def test_killed_vm_is_found_unreachable_reset_and_clean(host):
     pid = int((vm_dir / "qemu.pid").read_text().strip())
     os.kill(pid, 9)
     run = run_playbook(host, PROJECT / "playbooks/reset.yml")
-    assert run.rc == 0, run
+    console = vm_dir / "console.log"
+    tail = "\n".join(console.read_text(errors="replace").splitlines()[-30:]) if console.exists() else ""
+    assert run.rc == 0, f"{run}\n{console}, last lines:\n{tail}"
     probe = run.task(name_of(host), "Look for a crash record and the oops taint")
-    assert probe.get("unreachable"), run
-    assert "reset (unreachable): fresh disk" in run.messages(name_of(host)), run
-    assert run.task(name_of(host), "Check the clean state").get("failed") is not True, run
+    assert probe.get("unreachable"), str(run)
+    assert "reset (unreachable): fresh disk" in run.messages(name_of(host)), str(run)
+    assert run.task(name_of(host), "Check the clean state").get("failed") is not True, str(run)
     # A new boot of a fresh disk: SSH answers, no module, no taint.
     assert host.run("true").rc == 0
     assert read(host, "/proc/sys/kernel/random/boot_id") != boot_id
