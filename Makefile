@@ -12,7 +12,8 @@ export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 # Packages the control node needs (Debian/Ubuntu names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv make
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-SCENARIOS ?= smoke default crash faults
+# crash is left out until it has passed here end to end (see README, Known limits): make molecule SCENARIOS=crash
+SCENARIOS ?= smoke default faults
 
 .PHONY: help
 help: ## List the targets
@@ -61,7 +62,7 @@ unit: venv ## Python unit tests (no VMs)
 	pytest -q tests/unit
 
 .PHONY: molecule
-molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default crash faults")
+molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default faults"; also crash)
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test
