@@ -51,7 +51,13 @@ def run_playbook(playbook: str, *args: str, timeout: int = 1200):
 
     ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
     project = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    # molecule exports ANSIBLE_FORCE_COLOR, which beats NOCOLOR: turn both off for parseable output.
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ephemeral / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
     command = [
         "ansible-playbook",
         "-i",

@@ -62,6 +62,7 @@ def test_check_mode_on_a_fresh_host_reports_and_changes_nothing(host):
     result = run_playbook("playbooks/lab.yml", "--check", "--limit", host.backend.get_hostname())
     output = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, output
-    recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", result.stdout)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+    recap = re.search(r"changed=(\d+)\s+unreachable=0\s+failed=0", plain)
     assert recap and int(recap.group(1)) > 0, f"check mode should report what it would do\n{output}"
     assert lab_footprint(host) == before, output
