@@ -35,7 +35,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -128,22 +127,17 @@ def read_proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+# One way to ask whether a port is free: the lab_vm_instance module's own function.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "roles" / "lab_vm" / "library"))
+from lab_vm_instance import port_free  # noqa: E402
+
+
 def cmdline(pid: int | str) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             return [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
     except OSError:
         return []
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def first_line(cmd: list[str]) -> str:
