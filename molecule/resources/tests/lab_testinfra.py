@@ -5,15 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
-
-def platform(hostname: str) -> dict:
-    """The molecule platform entry of a host (suite, ssh_port...)."""
-    molecule_file = os.environ["MOLECULE_FILE"]
-    platforms = yaml.safe_load(Path(molecule_file).read_text())["platforms"]
-    return next(p for p in platforms if p["name"] == hostname)
-
 
 def fleet_dir() -> Path:
     return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fleet"

@@ -2,13 +2,13 @@
 
 import re
 
-from lab_testinfra import fleet_dir, platform, run_playbook
+from lab_testinfra import fleet_dir, run_playbook
 
 KERNEL_SERIES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}
 
 
 def test_kernel_matches_the_suite(host):
-    suite = platform(host.backend.get_hostname())["suite"]
+    suite = host.ansible.get_variables()["lab_vm_suite"]
     release = host.run("uname -r").stdout.strip()
     assert release.startswith(KERNEL_SERIES[suite]), f"{suite} VM runs {release}"
     assert release.endswith("amd64"), release
@@ -28,7 +28,7 @@ def test_ssh_host_key_is_the_one_known_in_advance(host):
     """The VM serves the host key that the fleet generated and wrote to known_hosts before boot."""
     served = host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[1]
     known = (fleet_dir() / "known_hosts").read_text()
-    port = platform(host.backend.get_hostname())["ssh_port"]
+    port = host.ansible.get_variables()["lab_vm_ssh_port"]
     assert re.search(rf"^\[127\.0\.0\.1\]:{port} ssh-ed25519 {re.escape(served)}( .*)?$", known, re.M), known
 
 
