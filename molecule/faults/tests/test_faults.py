@@ -5,114 +5,19 @@ ones that change the host for good (lockdown, the killed VM) come last."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from chardev_crash import taint_letters
-from lab_testinfra import evidence, fleet_dir
+from lab_testinfra import evidence, fleet_dir, run_playbook
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 PLAYBOOKS = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "playbooks"
 RUN_DIR = "/run/chardev-lab"
 LOCKDOWN = "/sys/kernel/security/lockdown"
-
-
-# ------------------------------------------------------------------ running playbooks
-
-
-@dataclasses.dataclass
-class Run:
-    """One ansible-playbook run, its JSON report (ansible.builtin.json callback) and its output."""
-
-    command: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def report(self) -> dict:
-        try:
-            return json.loads(self.stdout)
-        except json.JSONDecodeError:
-            return {}
-
-    def results(self, host: str) -> list[tuple[str, dict]]:
-        """(task name, result) for every task the host ran, in order."""
-        return [
-            (task["task"]["name"], task["hosts"][host])
-            for play in self.report.get("plays", [])
-            for task in play["tasks"]
-            if host in task["hosts"]
-        ]
-
-    def stats(self, host: str) -> dict:
-        return self.report.get("stats", {}).get(host, {})
-
-    def failure(self, host: str) -> str:
-        """The messages of the host's failed or unreachable tasks."""
-        return "\n".join(
-            f"{name}: {result.get('msg', '')}"
-            for name, result in self.results(host)
-            if result.get("failed") or result.get("unreachable")
-        )
-
-    def messages(self, host: str) -> str:
-        """Every message the host's tasks gave (debug output included)."""
-        return "\n".join(str(result.get("msg", "")) for _name, result in self.results(host))
-
-    def task(self, host: str, name: str) -> dict:
-        """The result of the task called name (a role's tasks are reported as "role : name")."""
-        return next(
-            (result for task, result in self.results(host) if name in (task, task.split(" : ", 1)[-1])), {}
-        )
-
-    def __str__(self) -> str:
-        """Evidence for an assertion message: the tasks, how they ended, and the output's tail."""
-        lines = [f"$ {' '.join(self.command)}", f"rc={self.rc}"]
-        for host, stats in self.report.get("stats", {}).items():
-            lines.append(f"{host}: {stats}")
-            for name, result in self.results(host):
-                status = next(
-                    (s for s in ("unreachable", "failed", "skipped", "changed") if result.get(s)), "ok"
-                )
-                msg = str(result.get("msg", "")).strip()
-                lines.append(f"  [{status}] {name}" + (f": {msg[:4000]}" if msg and status != "ok" else ""))
-        if not self.report:
-            lines.append("stdout (tail):\n" + "\n".join(self.stdout.splitlines()[-40:]))
-        lines.append("stderr (tail):\n" + "\n".join(self.stderr.splitlines()[-20:]))
-        return "\n".join(lines)
-
-
-def run_playbook(host, playbook: Path, *args: str, timeout: int = 1200) -> Run:
-    """ansible-playbook against molecule's inventory (and its group_vars/host_vars), with the ansible.cfg
-    molecule generated, limited to the host under test."""
-    command = [
-        str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i",
-        str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent),
-        "-l",
-        host.backend.get_hostname(),
-        str(playbook),
-        *args,
-    ]
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(EPHEMERAL / "ansible.cfg"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=timeout, cwd=PLAYBOOKS, check=False
-    )
-    return Run(command, done.returncode, done.stdout, done.stderr)
 
 
 # ------------------------------------------------------------------ reading the host
