@@ -37,6 +37,7 @@ from chardev_crash import (
     parse_kmsg_records,
     parse_oops_count,
     parse_proc_stat,
+    parse_stack,
     parse_tainted,
     parse_wchan,
     read_kmsg,
@@ -241,6 +242,36 @@ def test_parse_wchan(text: str, wchan: str | None) -> None:
     assert parse_wchan(text) == wchan
 
 
+# /proc/<pid>/stack of a splice-crash pipe reader, in the format of 5.10 (addresses hidden as <0>).
+READER_STACK_5_10 = """\
+[<0>] __mutex_lock.constprop.0+0x133/0x460
+[<0>] pipe_read+0x47/0x460
+[<0>] new_sync_read+0x119/0x1b0
+[<0>] vfs_read+0xf1/0x190
+[<0>] ksys_read+0x5f/0xe0
+[<0>] do_syscall_64+0x30/0x40
+[<0>] entry_SYSCALL_64_after_hwframe+0x61/0xc6
+"""
+
+
+def test_parse_stack() -> None:
+    assert parse_stack(READER_STACK_5_10) == [
+        "__mutex_lock.constprop.0",
+        "pipe_read",
+        "new_sync_read",
+        "vfs_read",
+        "ksys_read",
+        "do_syscall_64",
+        "entry_SYSCALL_64_after_hwframe",
+    ]
+    # real addresses (kptr_restrict 0), no prefix, and lines that are not frames
+    assert parse_stack("[<ffffffffa1b2c3d4>] pipe_read+0x47/0x460\nmutex_lock+0x1/0x2\n\nnot a frame\n") == [
+        "pipe_read",
+        "mutex_lock",
+    ]
+    assert parse_stack("") == []
+
+
 def test_parse_cmdline() -> None:
     raw = b"python3\x00/usr/local/lib/chardev-lab/chardev_victim.py\x00splice\x00--device\x00/dev/chardev\x00"
     assert parse_cmdline(raw) == [
@@ -373,6 +404,28 @@ def test_compare_as_expected() -> None:
     assert compare(expected_outcome("6.12.57+deb13-amd64", "splice"), observed) == []
 
 
+def test_compare_reads_the_stack_when_wchan_is_empty() -> None:
+    """5.10 on x86 with ORC says wchan 0 for every sleeper (measured: the splice reader); the stack
+    says where it waits."""
+    expected = expected_outcome("5.10.0-46-amd64", "splice")
+    observed = observed_ok("D")
+    observed["tasks"]["reader"]["wchan"] = None
+    observed["tasks"]["reader"]["stack"] = parse_stack(READER_STACK_5_10)
+    assert compare(expected, observed) == []
+    observed["tasks"]["reader"]["stack"] = ["do_nanosleep", "hrtimer_nanosleep"]
+    assert compare(expected, observed) == [
+        "reader: pid 846 waits in nothing (wchan 0, stack do_nanosleep < hrtimer_nanosleep), "
+        "expected one of pipe_read, mutex, lock"
+    ]
+    observed["tasks"]["reader"]["stack"] = []
+    assert compare(expected, observed) == [
+        "reader: pid 846 waits in nothing (wchan 0), expected one of pipe_read, mutex, lock"
+    ]
+    # wchan, when the kernel gives one, is what counts
+    observed["tasks"]["reader"].update(wchan="do_nanosleep", stack=parse_stack(READER_STACK_5_10))
+    assert len(compare(expected, observed)) == 1
+
+
 def test_compare_lists_every_difference() -> None:
     observed = observed_ok("D")
     observed["tasks"]["reader"].update(state="S", wchan="pipe_wait", killed_but_alive=False)
@@ -427,11 +480,15 @@ class FakeSystem:
         self.kills: list[tuple[int, int]] = []
         self.killable: set[int] = set()
 
-    def task(self, pid: int, comm: str, state: str, wchan: str = "0", cmdline: bytes = b"") -> None:
+    def task(
+        self, pid: int, comm: str, state: str, wchan: str = "0", cmdline: bytes = b"", stack: str | None = ""
+    ) -> None:
         proc = self.root / "proc" / str(pid)
         proc.mkdir(parents=True)
         (proc / "stat").write_text(f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20\n")
         (proc / "wchan").write_text(wchan)
+        if stack is not None:  # None: no /proc/<pid>/stack (a kernel without CONFIG_STACKTRACE)
+            (proc / "stack").write_text(stack)
         (proc / "cmdline").write_bytes(cmdline)
 
     def pidfile(self, name: str, text: str) -> str:
@@ -506,6 +563,16 @@ def test_gather_tasks_without_kill_test(fake: FakeSystem) -> None:
     assert fake.kills == []
     assert task.killed_but_alive is None
     assert task.state == "X"
+
+
+def test_gather_tasks_reads_the_kernel_stack(fake: FakeSystem) -> None:
+    fake.task(1552, "python3", "D", stack=None)
+    fake.task(1553, "python3", "D", "0", stack=READER_STACK_5_10)
+    pidfiles = {"victim": fake.pidfile("v.pid", "1552"), "reader": fake.pidfile("r.pid", "1553")}
+    victim, reader = fake.gather(pidfiles, kill_test=False)
+    assert (victim.wchan, victim.stack) == (None, [])
+    assert reader.wchan is None
+    assert reader.stack[:2] == ["__mutex_lock.constprop.0", "pipe_read"]
 
 
 def test_gather_tasks_missing_pidfile_and_process(fake: FakeSystem) -> None:

@@ -12,8 +12,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -24,75 +22,7 @@ import lab_vm_accel
 import lab_vm_image
 import lab_vm_instance
 import pytest
-import yaml
 from ansible.module_utils.testing import patch_module_args
-
-MODULES = (lab_vm_image, lab_vm_instance, lab_vm_accel)
-
-# ---------------------------------------------------------------------------------------------------
-# Documentation: ansible-doc must render it (a stray ": " in a plain YAML scalar breaks it)
-# ---------------------------------------------------------------------------------------------------
-
-
-def strings_only(node: Any, where: str) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("description", "notes", "short_description", "requirements"):
-                values = value if isinstance(value, list) else [value]
-                assert all(isinstance(v, str) for v in values), f"{where}.{key} is not text: {value!r}"
-            strings_only(value, f"{where}.{key}")
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            strings_only(value, f"{where}[{index}]")
-
-
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
-def test_documentation_parses(module: Any) -> None:
-    doc = yaml.safe_load(module.DOCUMENTATION)
-    assert doc["module"] == module.__name__
-    strings_only(doc, "DOCUMENTATION")
-    returns = yaml.safe_load(module.RETURN)
-    strings_only(returns, "RETURN")
-    for key, spec in returns.items():
-        assert {"description", "returned", "type", "sample"} <= set(spec), key
-    assert isinstance(yaml.safe_load(module.EXAMPLES), list)
-    # Every option in the argument spec is documented, and nothing else.
-    assert set(doc["options"]) == set(documented_options(module))
-
-
-def documented_options(module: Any) -> list[str]:
-    """The options of the module's argument spec, read without building an AnsibleModule."""
-    captured: dict[str, Any] = {}
-
-    class Capture:
-        def __init__(self, argument_spec: dict[str, Any], **_: Any) -> None:
-            captured.update(argument_spec)
-
-    original = module.AnsibleModule
-    module.AnsibleModule = Capture
-    try:
-        module.make_module()
-    finally:
-        module.AnsibleModule = original
-    return list(captured)
-
-
-def test_ansible_doc_renders() -> None:
-    library = Path(lab_vm_image.__file__).parent
-    names = [m.__name__ for m in MODULES]
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-doc"), "-M", str(library), *names],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "ERROR" not in proc.stderr, proc.stderr
-    for name in names:
-        assert f"> MODULE {name} (" in proc.stdout
-
 
 # ---------------------------------------------------------------------------------------------------
 # lab_vm_image

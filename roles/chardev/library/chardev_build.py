@@ -30,7 +30,7 @@ options:
     description:
       - The module's source files, name to content (C(chardev.c) and C(Makefile)), read on the control
         node with C(lookup('file', ...)). They are written into O(src) when they differ, in the same
-        task as the build: a separate copy task costs two module runs per file on a slow VM.
+        task as the build, because a separate copy task costs two module runs per file on a slow VM.
     type: dict
     required: true
   variant:

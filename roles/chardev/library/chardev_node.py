@@ -564,12 +564,12 @@ class NodeModule(AnsibleModule):
         return kwargs
 
 
-def build_module() -> AnsibleModule:
+def make_module() -> AnsibleModule:
     return NodeModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
 
 def main() -> None:
-    module = build_module()
+    module = make_module()
     try:
         result = run(module.params, module.check_mode)
     except ChardevNodeError as exc:

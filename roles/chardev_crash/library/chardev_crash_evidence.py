@@ -113,6 +113,10 @@ tasks:
   description:
     - One entry for each role in O(pidfiles).
     - C(state) is the state letter from C(/proc/<pid>/stat), null when the pid is not in C(/proc).
+    - C(wchan) is where the task sleeps (C(/proc/<pid>/wchan)), null when the kernel says C(0), as x86
+      kernels before 5.16 with the ORC unwinder (Debian 11's among them) do for every task.
+    - C(stack) lists the function names of C(/proc/<pid>/stack), innermost first; it shows where the
+      task waits when C(wchan) cannot, and is empty for a task whose stack is gone (state X).
     - C(killed_but_alive) is true when the task was still there after SIGKILL and the wait, false
       when it went away, null when no kill test was made for it.
   returned: always
@@ -125,6 +129,7 @@ tasks:
       comm: chardev-victim
       state: X
       wchan: null
+      stack: []
       cmdline: []
       kill_sent: true
       killed_but_alive: true
@@ -136,6 +141,7 @@ tasks:
       comm: chardev-reader
       state: D
       wchan: pipe_read
+      stack: [__mutex_lock.constprop.0, pipe_read, vfs_read, ksys_read, do_syscall_64]
       cmdline: [python3, /usr/local/lib/chardev-lab/chardev_victim.py, splice]
       kill_sent: true
       killed_but_alive: true
@@ -220,7 +226,8 @@ observed:
   type: dict
   sample:
     tasks:
-      victim: {pid: 812, state: X, wchan: null, killed_but_alive: true, state_after_kill: X, error: null}
+      victim:
+        {pid: 812, state: X, wchan: null, stack: [], killed_but_alive: true, state_after_kill: X, error: null}
     oops: true
     recursive_fault: true
     last_unloaded_chardev: true
@@ -365,7 +372,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     }
 
 
-def build_module() -> AnsibleModule:
+def make_module() -> AnsibleModule:
     """The AnsibleModule with this module's argument spec."""
     return AnsibleModule(
         argument_spec={
@@ -382,7 +389,7 @@ def build_module() -> AnsibleModule:
 
 
 def main() -> None:
-    module = build_module()
+    module = make_module()
     try:
         result = run(module.params, module.check_mode)
     except ValueError as exc:

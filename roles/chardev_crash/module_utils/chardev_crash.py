@@ -60,7 +60,11 @@ ROLE_READER = "reader"
 # task that will never run again. The next task that touches the pipe (pipe_read takes the same mutex,
 # even with O_NONBLOCK) sleeps in mutex_lock, an uninterruptible sleep, for ever: a true D process on
 # modern kernels too. /proc/<pid>/wchan skips the scheduler and locking functions, so it names pipe_read;
-# we also accept a mutex/lock function in case a kernel reports that instead.
+# we also accept a mutex/lock function in case a kernel reports that instead. Before 5.16, x86's
+# get_wchan() walks frame pointers, which Debian's ORC-unwinder kernels do not keep: on 5.10 wchan reads
+# "0" for every sleeping task (measured: the D reader of the splice crash). The kernel stack in
+# /proc/<pid>/stack (root only, unwound with ORC) still shows where the task waits, so the patterns are
+# matched against it when wchan is empty.
 #
 # The kernel log holds, on every version: the oops headline, "Fixing recursive fault but reboot is
 # needed!", "[last unloaded: chardev" in the "Modules linked in:" line, and the taint flag D (128).
@@ -170,6 +174,22 @@ def parse_wchan(text: str) -> str | None:
     if value in ("", "0"):
         return None
     return value
+
+
+_STACK_FRAME_RE = re.compile(r"^(?:\[<[0-9a-fx]+>\]\s*)?([A-Za-z0-9_.$]+)\+0x")
+
+
+def parse_stack(text: str) -> list[str]:
+    """Function names of /proc/<pid>/stack, innermost first: "[<0>] pipe_read+0x2d/0x450" -> "pipe_read".
+
+    Lines that are not frames (empty, or a kernel's notice) are left out.
+    """
+    frames = []
+    for line in text.splitlines():
+        match = _STACK_FRAME_RE.match(line.strip())
+        if match:
+            frames.append(match.group(1))
+    return frames
 
 
 def parse_cmdline(data: bytes | str) -> list[str]:
@@ -320,7 +340,7 @@ def parse_oops_count(text: str | None) -> int | None:
 def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between expected_outcome() and an observation; empty means as expected.
 
-    observed: {"tasks": {role: {"pid", "state", "wchan", "killed_but_alive", "error"?}},
+    observed: {"tasks": {role: {"pid", "state", "wchan", "stack"?, "killed_but_alive", "error"?}},
                "oops", "recursive_fault", "last_unloaded_chardev", "taint_die": bools}.
     A killed_but_alive of None means the kill test was not run and is not judged.
     """
@@ -346,10 +366,14 @@ def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[st
             )
         patterns = want.get("wchan_patterns") or []
         wchan = seen.get("wchan") or ""
-        if patterns and not any(pattern in wchan.lower() for pattern in patterns):
+        # An empty wchan (5.10 on x86 with ORC) falls back to the kernel stack's functions.
+        places = [wchan] if wchan else list(seen.get("stack") or [])
+        if patterns and not any(pattern in place.lower() for place in places for pattern in patterns):
+            where = (
+                wchan or "nothing (wchan 0" + (", stack " + " < ".join(places[:8]) if places else "") + ")"
+            )
             mismatches.append(
-                f"{role}: pid {seen['pid']} waits in {wchan or 'nothing (wchan 0)'}, expected one of "
-                + ", ".join(patterns)
+                f"{role}: pid {seen['pid']} waits in {where}, expected one of " + ", ".join(patterns)
             )
         if want.get("unkillable") and seen.get("killed_but_alive") is False:
             mismatches.append(
@@ -383,6 +407,7 @@ class TaskEvidence:
     comm: str | None = None
     state: str | None = None
     wchan: str | None = None
+    stack: list[str] = field(default_factory=list)
     cmdline: list[str] = field(default_factory=list)
     kill_sent: bool = False
     killed_but_alive: bool | None = None
@@ -464,6 +489,7 @@ def gather_tasks(
             continue
         task.comm, task.state = stat.comm, stat.state
         task.wchan = parse_wchan(_read_text(proc_path(root, task.pid, "wchan")) or "")
+        task.stack = parse_stack(_read_text(proc_path(root, task.pid, "stack")) or "")
         task.cmdline = parse_cmdline(_read_bytes(proc_path(root, task.pid, "cmdline")) or b"")
     if not kill_test:
         return results
@@ -505,6 +531,7 @@ def observed_from(
                 "pid": task.pid,
                 "state": task.state,
                 "wchan": task.wchan,
+                "stack": task.stack,
                 "killed_but_alive": task.killed_but_alive,
                 "state_after_kill": task.state_after_kill,
                 "error": task.error,

@@ -1,0 +1,98 @@
+"""Every custom module of every role documents itself the way ansible-doc needs: DOCUMENTATION,
+EXAMPLES and RETURN parse, every option of the argument spec is documented and nothing else, every
+return key has its description, returned, type and sample. A stray ": " in a plain YAML scalar is
+enough to break ansible-doc, and nothing else would notice."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.module_utils.basic import AnsibleModule
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LIBRARIES = sorted(REPO_ROOT.glob("roles/*/library"))
+MODULE_FILES = sorted(path for library in LIBRARIES for path in library.glob("*.py"))
+
+
+def strings_only(node: Any, where: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("description", "notes", "short_description", "requirements"):
+                values = value if isinstance(value, list) else [value]
+                assert all(isinstance(v, str) for v in values), f"{where}.{key} is not text: {value!r}"
+            strings_only(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            strings_only(value, f"{where}[{index}]")
+
+
+class Captured(Exception):
+    """Raised by the patched AnsibleModule.__init__ with the argument spec it was given."""
+
+    def __init__(self, argument_spec: dict[str, Any]) -> None:
+        super().__init__("captured")
+        self.argument_spec = argument_spec
+
+
+def argument_spec_of(module: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The options the module's make_module() declares, read without parsing any module arguments
+    (AnsibleModule subclasses included)."""
+
+    def capture(self: Any, argument_spec: dict[str, Any], **_: Any) -> None:
+        raise Captured(argument_spec)
+
+    monkeypatch.setattr(AnsibleModule, "__init__", capture)
+    with pytest.raises(Captured) as captured:
+        module.make_module()
+    return captured.value.argument_spec
+
+
+def test_every_role_library_is_covered() -> None:
+    assert {path.stem for path in MODULE_FILES} >= {
+        "chardev_build",
+        "chardev_node",
+        "chardev_crash_evidence",
+        "lab_vm_accel",
+        "lab_vm_image",
+        "lab_vm_instance",
+    }
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.stem)
+def test_documentation_parses_and_matches_the_argument_spec(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = importlib.import_module(path.stem)
+    doc = yaml.safe_load(module.DOCUMENTATION)
+    assert doc["module"] == path.stem
+    strings_only(doc, "DOCUMENTATION")
+    returns = yaml.safe_load(module.RETURN)
+    strings_only(returns, "RETURN")
+    for key, spec in returns.items():
+        assert {"description", "returned", "type", "sample"} <= set(spec), key
+    assert isinstance(yaml.safe_load(module.EXAMPLES), list)
+    assert set(doc["options"]) == set(argument_spec_of(module, monkeypatch))
+
+
+@pytest.mark.parametrize("library", LIBRARIES, ids=lambda p: p.parent.name)
+def test_ansible_doc_renders(library: Path) -> None:
+    names = sorted(path.stem for path in library.glob("*.py"))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-doc"), "-M", str(library), *names],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stderr, proc.stderr
+    for name in names:
+        assert f"> MODULE {name} (" in proc.stdout
