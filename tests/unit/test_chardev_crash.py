@@ -242,9 +242,10 @@ def test_parse_wchan(text: str, wchan: str | None) -> None:
     assert parse_wchan(text) == wchan
 
 
-# /proc/<pid>/stack of a splice-crash pipe reader, in the format of 5.10 (addresses hidden as <0>).
+# /proc/<pid>/stack of the splice-crash pipe reader on 5.10 (addresses hidden as <0>). The function names
+# are those the crash role recorded on 5.10.0-46-amd64 (the mutex wait itself is __sched code, which the
+# kernel leaves out of the trace); the offsets are illustrative.
 READER_STACK_5_10 = """\
-[<0>] __mutex_lock.constprop.0+0x133/0x460
 [<0>] pipe_read+0x47/0x460
 [<0>] new_sync_read+0x119/0x1b0
 [<0>] vfs_read+0xf1/0x190
@@ -256,7 +257,6 @@ READER_STACK_5_10 = """\
 
 def test_parse_stack() -> None:
     assert parse_stack(READER_STACK_5_10) == [
-        "__mutex_lock.constprop.0",
         "pipe_read",
         "new_sync_read",
         "vfs_read",
@@ -572,7 +572,7 @@ def test_gather_tasks_reads_the_kernel_stack(fake: FakeSystem) -> None:
     victim, reader = fake.gather(pidfiles, kill_test=False)
     assert (victim.wchan, victim.stack) == (None, [])
     assert reader.wchan is None
-    assert reader.stack[:2] == ["__mutex_lock.constprop.0", "pipe_read"]
+    assert reader.stack[:2] == ["pipe_read", "new_sync_read"]
 
 
 def test_gather_tasks_missing_pidfile_and_process(fake: FakeSystem) -> None:

@@ -141,7 +141,7 @@ tasks:
       comm: chardev-reader
       state: D
       wchan: pipe_read
-      stack: [__mutex_lock.constprop.0, pipe_read, vfs_read, ksys_read, do_syscall_64]
+      stack: [pipe_read, new_sync_read, vfs_read, ksys_read, do_syscall_64]
       cmdline: [python3, /usr/local/lib/chardev-lab/chardev_victim.py, splice]
       kill_sent: true
       killed_but_alive: true
