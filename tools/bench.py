@@ -987,12 +987,16 @@ def render(r: dict[str, Any], command: str) -> str:
         f"- Code: `roles/lab_vm`, `playbooks/fleet.yml`, `ansible.cfg` of commit {code['commit']}{changes}",
         "",
         para(
-            "These figures come from **one run on a shared, noisy machine**: other engineers' molecule "
-            f"scenarios were running TCG VMs at the same time ({min(others)} to {max(others)} other QEMU "
-            "processes when the measures started, 1-minute load average "
-            f"{min(loads):.1f} to {max(loads):.1f} on {m['cores']} cores). Read them as orders of magnitude "
-            "and as ratios within this run, not as precise timings. The cold build downloads every package "
-            "from the Debian mirror, so the network's speed is part of it.",
+            "These figures come from **one run on a shared, noisy machine**: "
+            + (
+                f"other QEMU processes were running at the same time ({min(others)} to {max(others)} "
+                "when the measures started"
+                if max(others) > 0
+                else "no other QEMU process was running when the measures started"
+            )
+            + f", 1-minute load average {min(loads):.1f} to {max(loads):.1f} on {m['cores']} cores. Read "
+            "them as orders of magnitude and as ratios within this run, not as precise timings. The cold "
+            "build downloads every package from the Debian mirror, so the network's speed is part of it.",
             "> ",
         ),
         "",
