@@ -11,9 +11,23 @@ export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 
 # Packages the control node needs (Debian/Ubuntu names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv make
+# Packages only the tests need: the status page is checked in a real headless browser.
+TEST_PACKAGES := chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # Cheapest first: smoke boots one VM, default three, faults one, crash six.
 SCENARIOS ?= smoke default faults crash
+
+# A classroom: make lab ROSTER=path/to/roster.csv (and status, reset, down, ssh with the same ROSTER=).
+# The roster becomes the inventory through the chardev_roster plugin (inventory/roster.yml), which
+# reads the roster named by CHARDEV_LAB_ROSTER; without ROSTER the default local fleet is used.
+ROSTER ?=
+ifneq ($(strip $(ROSTER)),)
+ifeq ($(wildcard $(ROSTER)),)
+$(error ROSTER=$(ROSTER): no such file)
+endif
+export CHARDEV_LAB_ROSTER := $(abspath $(ROSTER))
+INVENTORY := -i inventory/roster.yml
+endif
 
 .PHONY: help
 help: ## List the targets
@@ -21,13 +35,21 @@ help: ## List the targets
 
 .PHONY: host-deps
 host-deps: ## Install the control node's packages (apt; as root or with sudo)
-	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(HOST_PACKAGES)"
+
+.PHONY: test-deps
+test-deps: ## Install what only the tests need (headless Chromium for the status page)
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)"
+
+.PHONY: apt-install
+apt-install:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	  echo "host-deps: installing $$missing"; \
+	  echo "apt: installing $$missing"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	else echo "host-deps: all installed"; fi
+	else echo "apt: $(PACKAGES): all installed"; fi
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +65,20 @@ venv: $(BIN)/.installed ## Make the virtualenv with the pinned tools and install
 setup: host-deps venv
 
 .PHONY: lab
-lab: setup ## Set up, start the local fleet and run the lab (lab.yml)
-	ansible-playbook lab.yml $(ARGS)
+lab: setup ## Set up, start the local fleet and run the lab (lab.yml); ROSTER=roster.csv for a class
+	ansible-playbook $(INVENTORY) lab.yml $(ARGS)
+
+.PHONY: status
+status: venv ## The fleet's state: a table, .lab/status/status.json and .lab/status/index.html
+	ansible-playbook $(INVENTORY) playbooks/status.yml $(ARGS)
+
+.PHONY: reset
+reset: venv ## Reset crashed hosts (local VMs: a fresh disk; real hosts: a reboot), then verify
+	ansible-playbook $(INVENTORY) playbooks/reset.yml $(ARGS)
 
 .PHONY: down
 down: venv ## Stop and remove the local fleet (VMs, processes, overlays; the image cache stays)
-	ansible-playbook playbooks/fleet.yml -e lab_vm_state=absent
+	ansible-playbook $(INVENTORY) playbooks/fleet.yml -e lab_vm_state=absent
 
 .PHONY: lint
 lint: venv ## yamllint, ansible-lint (production profile), ruff
@@ -62,11 +92,11 @@ unit: venv ## Python unit tests (no VMs)
 	pytest -q tests/unit
 
 .PHONY: molecule
-molecule: setup ## Molecule scenarios on real VMs (SCENARIOS="smoke default faults crash")
+molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="smoke default faults crash")
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test
-test: lint unit molecule ## Everything CI runs
+test: test-deps lint unit molecule ## Everything CI runs
 
 .PHONY: bench
 bench: setup ## Measure image build, cache reuse and boot time (writes docs/benchmarks.md)
@@ -77,6 +107,6 @@ clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
 	rm -rf $(VENV)
 
 .PHONY: ssh
-ssh: ## Log in to a local VM: make ssh HOST=lab-vm-1
-	@port=$$(ansible-inventory --host $(or $(HOST),lab-vm-1) | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_port"])') && \
+ssh: ## Log in to a local VM as root: make ssh HOST=lab-vm-1 (or HOST=<student> ROSTER=roster.csv)
+	@port=$$(ansible-inventory $(INVENTORY) --host $(or $(HOST),lab-vm-1) | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_port"])') && \
 	exec ssh -i .lab/id_ed25519 -o UserKnownHostsFile=.lab/known_hosts -o IdentitiesOnly=yes -p $$port root@127.0.0.1

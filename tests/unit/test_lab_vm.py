@@ -12,6 +12,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -360,6 +362,9 @@ PARAMS: dict[str, Any] = {
     "kernel": "/cache/img/vmlinuz",
     "initrd": "/cache/img/initrd.img",
     "ssh_port": 2201,
+    "ssh_address": "127.0.0.1",
+    "isolated": False,
+    "relay": "/lab/roles/lab_vm/files/lab_vm_relay.py",
 }
 
 
@@ -390,6 +395,130 @@ def test_qemu_command_shape() -> None:
     assert option(cmd, "-pidfile") == ["/lab/vms/lab-vm-1/qemu.pid"]
     assert option(cmd, "-display") == ["none"]
     assert option(cmd, "-monitor") == ["none"]
+
+
+MIRRORS = [
+    lab_vm_instance.Forward("10.0.2.100", "mirror.example", 80),
+    lab_vm_instance.Forward("10.0.2.101", "security.example", 80),
+]
+
+
+def test_qemu_command_isolated() -> None:
+    cmd = lab_vm_instance.qemu_command({**PARAMS, "isolated": True}, "/v", "/v/seed.tar", MIRRORS)
+    (netdev,) = option(cmd, "-netdev")
+    parts = netdev.split(",")
+    # Nothing the guest opens gets out, except the relays to the mirrors, each to a fixed host:port.
+    assert "restrict=on" in parts
+    assert "hostfwd=tcp:127.0.0.1:2201-:22" in parts
+    relay = "python3 -I -S /lab/roles/lab_vm/files/lab_vm_relay.py"
+    assert [p for p in parts if p.startswith("guestfwd=")] == [
+        f"guestfwd=tcp:10.0.2.100:80-cmd:{relay} mirror.example 80",
+        f"guestfwd=tcp:10.0.2.101:80-cmd:{relay} security.example 80",
+    ]
+
+
+def test_qemu_command_not_isolated_has_no_restriction() -> None:
+    cmd = lab_vm_instance.qemu_command(PARAMS, "/v", "/v/seed.tar", MIRRORS)
+    (netdev,) = option(cmd, "-netdev")
+    assert "restrict" not in netdev
+    assert "guestfwd" not in netdev
+
+
+def test_qemu_command_ssh_address() -> None:
+    cmd = lab_vm_instance.qemu_command({**PARAMS, "ssh_address": "0.0.0.0"}, "/v", "/v/seed.tar")
+    (netdev,) = option(cmd, "-netdev")
+    assert "hostfwd=tcp:0.0.0.0:2201-:22" in netdev.split(",")
+
+
+def test_qemu_command_escapes_commas() -> None:
+    params = {**PARAMS, "isolated": True, "relay": "/a,b/relay.py"}
+    cmd = lab_vm_instance.qemu_command(params, "/lab,1/vm", "/lab,1/vm/seed.tar", MIRRORS[:1])
+    assert option(cmd, "-drive") == ["file=/lab,,1/vm/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe"]
+    assert option(cmd, "-fw_cfg") == ["name=opt/chardev-lab/seed,file=/lab,,1/vm/seed.tar"]
+    (netdev,) = option(cmd, "-netdev")
+    assert "python3 -I -S /a,,b/relay.py mirror.example 80" in netdev
+
+
+def test_apt_endpoints() -> None:
+    one_line = (
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb http://Mirror.Example/debian bookworm main\n"
+        "deb http://mirror.example/debian bookworm-updates main\n"
+        "deb [trusted=yes] http://proxy.example:3142/debian bookworm main\n"
+    )
+    deb822 = "Types: deb\nURIs: https://secure.example/debian\nSuites: trixie\nComponents: main\n"
+    assert lab_vm_instance.apt_endpoints(one_line + deb822) == [
+        ("mirror.example", 80),
+        ("proxy.example", 3142),
+        ("secure.example", 443),
+    ]
+    assert lab_vm_instance.apt_endpoints("") == []
+
+
+def test_relay_forwards_one_address_per_host() -> None:
+    forwards = lab_vm_instance.relay_forwards([("a.example", 80), ("b.example", 80), ("a.example", 443)])
+    assert forwards == [
+        lab_vm_instance.Forward("10.0.2.100", "a.example", 80),
+        lab_vm_instance.Forward("10.0.2.101", "b.example", 80),
+        lab_vm_instance.Forward("10.0.2.100", "a.example", 443),
+    ]
+
+
+def test_guest_network_files() -> None:
+    isolated = lab_vm_instance.guest_network_files("alice", MIRRORS, True)
+    assert isolated["etc/hosts"].splitlines() == [
+        "127.0.0.1 localhost",
+        "127.0.1.1 alice",
+        "10.0.2.100 mirror.example",
+        "10.0.2.101 security.example",
+    ]
+    # No server: lookups fail at once instead of waiting for a DNS that restrict=on drops.
+    assert "nameserver" not in isolated["etc/resolv.conf"]
+    assert lab_vm_instance.guest_network_files("bob", [], False)["etc/resolv.conf"] == "nameserver 10.0.2.3\n"
+
+
+def test_relay_reaches_only_its_destination(tmp_path: Path) -> None:
+    """The relay script for real: the guest side is a socket on its stdin and stdout, as QEMU gives it."""
+    relay = Path(__file__).resolve().parents[2] / "roles/lab_vm/files/lab_vm_relay.py"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        guest, qemu_side = socket.socketpair()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(relay), "127.0.0.1", str(server.getsockname()[1])],
+            stdin=qemu_side,
+            stdout=qemu_side,
+            stderr=qemu_side,
+        )
+        qemu_side.close()
+        conn, _ = server.accept()
+        with conn, guest:
+            guest.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            guest.shutdown(socket.SHUT_WR)
+            assert conn.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
+            conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello")
+            conn.close()
+            assert guest.recv(100) == b"HTTP/1.0 200 OK\r\n\r\nhello"
+        assert proc.wait(10) == 0
+
+
+def test_relay_refused_destination_is_silent() -> None:
+    relay = Path(__file__).resolve().parents[2] / "roles/lab_vm/files/lab_vm_relay.py"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    guest, qemu_side = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, str(relay), "127.0.0.1", str(port)],
+        stdin=qemu_side,
+        stdout=qemu_side,
+        stderr=qemu_side,
+    )
+    qemu_side.close()
+    assert proc.wait(10) == 1
+    with guest:
+        # Nothing leaks to the guest (no traceback on the socket that stands in for stderr).
+        assert guest.recv(100) == b""
 
 
 def test_qemu_command_kvm() -> None:
@@ -496,6 +625,14 @@ def test_ssh_banner_nobody_listening(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     listener.close()
     assert lab_vm_instance.ssh_banner(port, timeout=0.5) is False
+
+
+def test_seed_tar_with_network_files() -> None:
+    files = lab_vm_instance.guest_network_files("alice", MIRRORS, True)
+    data = lab_vm_instance.seed_tar("alice", "K\n", "P\n", "A\n", files)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.extractfile("etc/hosts").read().decode() == files["etc/hosts"]  # type: ignore[union-attr]
+        assert tar.getmember("etc/resolv.conf").mode == 0o644
 
 
 def test_seed_tar() -> None:
@@ -611,6 +748,7 @@ def instance_args(tmp_path: Path, image_files: dict[str, str], **extra: Any) -> 
         "authorized_key": image_files["id_ed25519.pub"],
         "ssh_port": 2201,
         "qemu": "/bin/true",
+        "isolated": False,
         **extra,
     }
 
@@ -662,6 +800,8 @@ def stopped_vm(tmp_path: Path, image_files: dict[str, str]) -> Path:
                 "kernel": image_files["vmlinuz"],
                 "initrd": image_files["initrd.img"],
                 "ssh_port": 2201,
+                "ssh_address": "127.0.0.1",
+                "isolated": False,
                 "memory": 1024,
                 "cpus": 1,
                 "accel": "tcg",

@@ -11,8 +11,9 @@ module: lab_vm_instance
 short_description: Manage one local QEMU VM of the chardev-lab fleet
 description:
   - Runs one VM as a daemonized C(qemu-system-x86_64) process booting a cached image's kernel
-    directly, on a qcow2 overlay of the read-only base disk, with SSH forwarded on 127.0.0.1 only and
-    its serial console logged to a file.
+    directly, on a qcow2 overlay of the read-only base disk, with SSH forwarded on 127.0.0.1 (or
+    O(ssh_address)) and its serial console logged to a file. By default the guest can open no
+    connection except to its package mirrors (O(isolated)).
   - The VM's SSH host key (generated once, kept across resets) and the fleet's public key reach the
     guest through QEMU C(fw_cfg), so the host key is known before the first boot and host-key
     checking stays on.
@@ -52,9 +53,30 @@ options:
     description: Public key (file) that may log in as root. Required for V(started) and V(reset).
     type: path
   ssh_port:
-    description: Port on 127.0.0.1 forwarded to the guest's port 22.
+    description: Port on O(ssh_address) forwarded to the guest's port 22.
     type: int
     required: true
+  ssh_address:
+    description:
+      - Address of the control node on which QEMU listens for the forwarded SSH port.
+      - The default keeps the VM reachable from this machine only. V(0.0.0.0) or a classroom-network
+        address lets students connect from their own computers; anyone who can reach that address can
+        then try to log in (password logins are refused, keys only).
+    type: str
+    default: 127.0.0.1
+  isolated:
+    description:
+      - Cut the guest off from everything but its package mirrors. QEMU's user network runs with
+        C(restrict=on), which drops every connection the guest opens (to the control node's loopback
+        services through 10.0.2.2, to other VMs' SSH ports, to the internet, DNS); the hosts of the
+        image's apt sources are reached through one C(guestfwd) relay each (O(relay), run by QEMU for
+        every connection, to that fixed host and port only) and named in the guest's C(/etc/hosts).
+      - Incoming SSH (O(ssh_port)) is not affected.
+    type: bool
+    default: true
+  relay:
+    description: The relay program QEMU runs for each connection to a mirror. Required when O(isolated).
+    type: path
   memory:
     description: Guest memory in MiB.
     type: int
@@ -83,7 +105,8 @@ attributes:
   diff_mode:
     support: none
 requirements:
-  - qemu-system-x86, qemu-utils (qemu-img), openssh-client (ssh-keygen) on the control node
+  - qemu-system-x86, qemu-utils (qemu-img), openssh-client (ssh-keygen), e2fsprogs (debugfs) on the
+    control node
 """
 
 EXAMPLES = r"""
@@ -146,14 +169,16 @@ actions:
 import io
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -162,9 +187,77 @@ PIDFILE = "qemu.pid"
 CONSOLE = "console.log"
 CONFIG = "vm.json"
 HOST_KEY = "ssh_host_ed25519_key"
+# Where an isolated guest finds its package mirrors: one address per mirror, inside QEMU's user network
+# (10.0.2.0/24; .2 is the host, .3 DNS, .15 the guest) and outside its DHCP range (.15-.30).
+RELAY_FIRST_IP = 100
+# The guest's apt sources, as mmdebstrap writes them (one-line or deb822 format).
+APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources")
+_APT_URL_RE = re.compile(r"\b(https?)://([A-Za-z0-9.-]+)(?::(\d+))?(?=[/\s]|$)")
 
 
-def qemu_command(p: dict[str, Any], vm_dir: str, seed: str) -> list[str]:
+class Forward(NamedTuple):
+    """One way out of an isolated VM: the guest's guest_ip:port reaches host:port on the outside."""
+
+    guest_ip: str
+    host: str
+    port: int
+
+
+def apt_endpoints(sources_text: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs apt connects to, in order of first appearance, from the apt sources."""
+    found: list[tuple[str, int]] = []
+    for line in sources_text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        for scheme, host, port in _APT_URL_RE.findall(line):
+            endpoint = (host.lower(), int(port) if port else (443 if scheme == "https" else 80))
+            if endpoint not in found:
+                found.append(endpoint)
+    return found
+
+
+def relay_forwards(endpoints: Sequence[tuple[str, int]]) -> list[Forward]:
+    """One guest address per mirror host (several ports of one host share it)."""
+    ips: dict[str, str] = {}
+    for host, _port in endpoints:
+        ips.setdefault(host, f"10.0.2.{RELAY_FIRST_IP + len(ips)}")
+    return [Forward(ips[host], host, port) for host, port in endpoints]
+
+
+def guest_network_files(name: str, forwards: Sequence[Forward], isolated: bool) -> dict[str, str]:
+    """/etc/hosts and /etc/resolv.conf for the guest. An isolated guest has no DNS (restrict=on drops
+    it): its mirrors are names in /etc/hosts, and resolv.conf names no server, so that any other lookup
+    fails at once instead of timing out."""
+    hosts = ["127.0.0.1 localhost", f"127.0.1.1 {name}"]
+    hosts += sorted({f"{fwd.guest_ip} {fwd.host}" for fwd in forwards})
+    resolv = (
+        "# chardev-lab: this VM is isolated; its package mirrors are in /etc/hosts, no DNS.\n"
+        if isolated
+        else "nameserver 10.0.2.3\n"
+    )
+    return {"etc/hosts": "\n".join(hosts) + "\n", "etc/resolv.conf": resolv}
+
+
+def qemu_value(value: str) -> str:
+    """A value inside a QEMU option list: a comma would end it, so QEMU wants it doubled."""
+    return value.replace(",", ",,")
+
+
+def netdev_option(p: dict[str, Any], forwards: Sequence[Forward]) -> str:
+    """QEMU's user-mode network for a lab VM: SSH forwarded on ssh_address only, and, when the VM is
+    isolated, nothing else in or out but one relay per package mirror (restrict=on drops every other
+    connection the guest opens: to the control node's loopback, through 10.0.2.2, to other VMs' SSH
+    ports, to the internet, and DNS)."""
+    parts = ["user", "id=net0", f"hostfwd=tcp:{p['ssh_address']}:{p['ssh_port']}-:22"]
+    if p["isolated"]:
+        parts.append("restrict=on")
+        for fwd in forwards:
+            command = shlex.join(["python3", "-I", "-S", p["relay"], fwd.host, str(fwd.port)])
+            parts.append(f"guestfwd=tcp:{fwd.guest_ip}:{fwd.port}-cmd:{command}")
+    return ",".join(qemu_value(part) for part in parts)
+
+
+def qemu_command(p: dict[str, Any], vm_dir: str, seed: str, forwards: Sequence[Forward] = ()) -> list[str]:
     """The QEMU command line of a lab VM. Keep it deterministic: it is compared between runs."""
     return [
         p["qemu"],
@@ -191,13 +284,13 @@ def qemu_command(p: dict[str, Any], vm_dir: str, seed: str) -> list[str]:
         # cache=unsafe: the overlay is disposable (a reset replaces it), so the guest's flushes need not
         # reach the host's disk; package installs inside the VM are much faster without them.
         "-drive",
-        f"file={os.path.join(vm_dir, OVERLAY)},if=virtio,format=qcow2,cache=unsafe",
+        f"file={qemu_value(os.path.join(vm_dir, OVERLAY))},if=virtio,format=qcow2,cache=unsafe",
         "-netdev",
-        f"user,id=net0,hostfwd=tcp:127.0.0.1:{p['ssh_port']}-:22",
+        netdev_option(p, forwards),
         "-device",
         "virtio-net-pci,netdev=net0",
         "-fw_cfg",
-        f"name=opt/chardev-lab/seed,file={seed}",
+        f"name=opt/chardev-lab/seed,file={qemu_value(seed)}",
         "-display",
         "none",
         "-monitor",
@@ -232,21 +325,26 @@ def running_pid(vm_dir: str, proc: str = "/proc") -> int:
     return pid if any(arg.startswith(overlay) for arg in argv) else 0
 
 
-def port_free(port: int) -> bool:
+def connect_address(address: str) -> str:
+    """Where the control node reaches a port QEMU listens on (0.0.0.0 is every address, so loopback)."""
+    return "127.0.0.1" if address == "0.0.0.0" else address
+
+
+def port_free(port: int, address: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((address, port))
         except OSError:
             return False
     return True
 
 
-def ssh_banner(port: int, timeout: float = 3.0) -> bool:
+def ssh_banner(port: int, timeout: float = 3.0, address: str = "127.0.0.1") -> bool:
     """True when an SSH server answers on the port. QEMU accepts the TCP connection before the guest
     listens, so only the banner proves that sshd is up."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((connect_address(address), port), timeout=timeout) as sock:
             return sock.recv(64).startswith(b"SSH-")
     except OSError:
         return False
@@ -277,10 +375,17 @@ def console_tail(vm_dir: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:]) or "(no console output)"
 
 
-def seed_tar(name: str, host_key: str, host_key_pub: str, authorized_key: str) -> bytes:
+def seed_tar(
+    name: str,
+    host_key: str,
+    host_key_pub: str,
+    authorized_key: str,
+    network_files: dict[str, str] | None = None,
+) -> bytes:
     """The files the guest's chardev-lab-seed service unpacks into / at every boot."""
     members = [
         ("etc/hostname", f"{name}\n".encode(), 0o644),
+        *((path, text.encode(), 0o644) for path, text in sorted((network_files or {}).items())),
         ("etc/ssh/ssh_host_ed25519_key", host_key.encode(), 0o600),
         ("etc/ssh/ssh_host_ed25519_key.pub", host_key_pub.encode(), 0o644),
         ("root/.ssh/authorized_keys", authorized_key.encode(), 0o600),
@@ -297,6 +402,19 @@ def seed_tar(name: str, host_key: str, host_key_pub: str, authorized_key: str) -
 def read_text(path: str) -> str:
     with open(path, encoding="utf-8") as handle:
         return handle.read()
+
+
+def read_image_files(disk: str, paths: Sequence[str]) -> str:
+    """The text of files inside an ext4 disk image, read with debugfs (no mount, no root needed).
+    A missing file contributes nothing."""
+    texts = []
+    for path in paths:
+        proc = subprocess.run(
+            ["debugfs", "-R", f"cat {path}", disk], capture_output=True, text=True, check=False
+        )
+        if proc.returncode == 0:
+            texts.append(proc.stdout)
+    return "\n".join(texts)
 
 
 def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
@@ -331,6 +449,28 @@ class Vm:
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
+    def banner(self) -> bool:
+        return ssh_banner(self.p["ssh_port"], address=self.p["ssh_address"])
+
+    def forwards(self) -> list[Forward]:
+        """The isolated VM's ways out: its image's package mirrors, read from the base disk."""
+        if not self.p["isolated"]:
+            return []
+        endpoints = apt_endpoints(read_image_files(self.p["disk"], APT_SOURCES))
+        if not endpoints:
+            raise VmError(
+                f"no package mirror found in the apt sources of {self.p['disk']}: an isolated VM could "
+                "not reach any; rebuild the image, or set lab_vm_isolated: false"
+            )
+        local = [host for host, _port in endpoints if host in ("10.0.2.2", "localhost", "127.0.0.1")]
+        if local:
+            raise VmError(
+                "the image's apt sources point at the control node itself (an apt proxy on its "
+                "loopback, seen as 10.0.2.2 in the guest), which an isolated VM cannot reach: "
+                "use a mirror or proxy by name or non-loopback address, or set lab_vm_isolated: false"
+            )
+        return relay_forwards(endpoints)
+
     def host_key_pub(self) -> str:
         try:
             return read_text(self.path(HOST_KEY + ".pub")).strip()
@@ -350,7 +490,18 @@ class Vm:
         )
 
     def wanted_config(self) -> dict[str, Any]:
-        keys = ("disk", "kernel", "initrd", "ssh_port", "memory", "cpus", "accel", "qemu")
+        keys = (
+            "disk",
+            "kernel",
+            "initrd",
+            "ssh_port",
+            "ssh_address",
+            "isolated",
+            "memory",
+            "cpus",
+            "accel",
+            "qemu",
+        )
         return {k: self.p[k] for k in keys}
 
     def saved_config(self) -> dict[str, Any]:
@@ -393,9 +544,10 @@ class Vm:
         self.actions.append("started qemu")
         if self.module.check_mode:
             return
-        if not port_free(self.p["ssh_port"]):
+        if not port_free(self.p["ssh_port"], self.p["ssh_address"]):
             raise VmError(
-                f"port 127.0.0.1:{self.p['ssh_port']} is already in use by another program: give "
+                f"port {self.p['ssh_address']}:{self.p['ssh_port']} is already in use by another program: "
+                "give "
                 f"{self.p['name']} another ansible_port in the inventory, or stop what holds it "
                 f"(ss -ltnp 'sport = :{self.p['ssh_port']}')"
             )
@@ -421,6 +573,7 @@ class Vm:
                 ],
                 check_rc=True,
             )
+        forwards = self.forwards()
         seed = self.path("seed.tar")
         write_file(
             seed,
@@ -429,6 +582,7 @@ class Vm:
                 read_text(self.path(HOST_KEY)),
                 self.host_key_pub() + "\n",
                 read_text(self.p["authorized_key"]),
+                guest_network_files(self.p["name"], forwards, self.p["isolated"]),
             ),
         )
         # A fresh console log per boot: its tail is what explains a failed boot.
@@ -436,14 +590,14 @@ class Vm:
         with open(self.path(CONFIG), "w", encoding="utf-8") as handle:
             json.dump(self.wanted_config(), handle)
         started = time.monotonic()
-        rc, _out, err = self.module.run_command(qemu_command(self.p, self.dir, seed))
+        rc, _out, err = self.module.run_command(qemu_command(self.p, self.dir, seed, forwards))
         if rc != 0:
             raise VmError(f"QEMU did not start (rc={rc}): {err.strip()}")
         self.wait_for_ssh(started)
 
     def wait_for_ssh(self, started: float) -> None:
         if not wait_for(
-            lambda: ssh_banner(self.p["ssh_port"]),
+            lambda: self.banner(),
             self.p["boot_timeout"],
             1.0,
             alive=lambda: running_pid(self.dir) > 0,
@@ -480,7 +634,7 @@ class Vm:
         if running_pid(self.dir):
             if self.saved_config() == self.wanted_config():
                 # Still booting (an interrupted run started it): wait for SSH like a fresh start would.
-                if not self.module.check_mode and not ssh_banner(self.p["ssh_port"]):
+                if not self.module.check_mode and not self.banner():
                     self.wait_for_ssh(time.monotonic())
                 return
             self.actions.append("configuration changed")
@@ -503,6 +657,9 @@ def make_module() -> AnsibleModule:
             "initrd": {"type": "path"},
             "authorized_key": {"type": "path"},
             "ssh_port": {"type": "int", "required": True},
+            "ssh_address": {"type": "str", "default": "127.0.0.1"},
+            "isolated": {"type": "bool", "default": True},
+            "relay": {"type": "path"},
             "memory": {"type": "int", "default": 1024},
             "cpus": {"type": "int", "default": 1},
             "accel": {"type": "str", "default": "tcg", "choices": ["kvm", "tcg"]},
@@ -512,6 +669,7 @@ def make_module() -> AnsibleModule:
         required_if=[
             ("state", "started", ("disk", "kernel", "initrd", "authorized_key")),
             ("state", "reset", ("disk", "kernel", "initrd", "authorized_key")),
+            ("isolated", True, ("relay",)),
         ],
         supports_check_mode=True,
     )
