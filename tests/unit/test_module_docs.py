@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,55 @@ def test_ansible_doc_renders(library: Path) -> None:
     assert "ERROR" not in proc.stderr, proc.stderr
     for name in names:
         assert f"> MODULE {name} (" in proc.stdout
+
+
+# Inventory plugins (plugins/inventory): the same checks, against the options the plugin reads.
+INVENTORY_PLUGIN_DIR = REPO_ROOT / "plugins" / "inventory"
+INVENTORY_PLUGINS = sorted(INVENTORY_PLUGIN_DIR.glob("*.py"))
+
+
+def test_every_inventory_plugin_is_covered() -> None:
+    assert {path.stem for path in INVENTORY_PLUGINS} >= {"chardev_roster"}
+
+
+@pytest.mark.parametrize("path", INVENTORY_PLUGINS, ids=lambda p: p.stem)
+def test_inventory_plugin_documentation_parses(path: Path) -> None:
+    if str(INVENTORY_PLUGIN_DIR) not in sys.path:
+        sys.path.insert(0, str(INVENTORY_PLUGIN_DIR))
+    plugin = importlib.import_module(path.stem)
+    doc = yaml.safe_load(plugin.DOCUMENTATION)
+    assert doc["name"] == path.stem == plugin.InventoryModule.NAME
+    strings_only(doc, "DOCUMENTATION")
+    assert doc["options"]["plugin"]["choices"] == [path.stem]
+    assert doc["options"]["plugin"]["required"] is True
+    source = path.read_text()
+    for option in doc["options"]:
+        if option != "plugin":
+            assert f'get_option("{option}")' in source, f"{option} is documented but never read"
+    assert isinstance(yaml.safe_load(plugin.EXAMPLES), dict)
+
+
+def test_ansible_doc_renders_inventory_plugins() -> None:
+    names = sorted(path.stem for path in INVENTORY_PLUGINS)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-doc"),
+            "-t",
+            "inventory",
+            "-M",
+            str(INVENTORY_PLUGIN_DIR),
+            *names,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stderr, proc.stderr
+    for name in names:
+        assert f"> INVENTORY {name} (" in proc.stdout
+    # The constructed fragment is merged in: compose, groups, keyed_groups, strict.
+    for option in ("roster", "first_port", "compose", "keyed_groups", "strict"):
+        assert re.search(rf"^[-=] {option} ", proc.stdout, re.MULTILINE), option

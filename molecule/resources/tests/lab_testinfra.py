@@ -101,16 +101,25 @@ class Run:
         return "\n".join(lines)
 
 
+def inventory_args() -> list[str]:
+    """molecule's inventory, and the classroom roster's when the scenario has one (CHARDEV_LAB_ROSTER):
+    the inventories molecule itself gives ansible-playbook."""
+    args = ["-i", str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)]
+    if os.environ.get("CHARDEV_LAB_ROSTER"):
+        args += ["-i", str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "inventory/roster.yml")]
+    return args
+
+
 def run_playbook(host, playbook: Path, *args: str, timeout: int = 1200) -> Run:
     """ansible-playbook against molecule's inventory (and its group_vars/host_vars), with the ansible.cfg
-    molecule generated, limited to the host under test, reported by the json callback. molecule exports
-    ANSIBLE_FORCE_COLOR, which beats NOCOLOR: both are turned off for parseable output."""
+    molecule generated, limited to the host under test (host None: every host), reported by the json
+    callback. molecule exports ANSIBLE_FORCE_COLOR, which beats NOCOLOR: both are turned off for
+    parseable output."""
+    limit = ["-l", host.backend.get_hostname()] if host is not None else []
     command = [
         str(Path(sys.executable).with_name("ansible-playbook")),
-        "-i",
-        str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent),
-        "-l",
-        host.backend.get_hostname(),
+        *inventory_args(),
+        *limit,
         str(playbook),
         *args,
     ]
