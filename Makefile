@@ -91,12 +91,16 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 unit: venv ## Python unit tests (no VMs)
 	pytest -q tests/unit
 
+.PHONY: browser
+browser: venv test-deps ## The status page in headless Chromium, from a fixture (no VMs)
+	pytest -q tests/browser
+
 .PHONY: molecule
 molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="smoke default faults crash")
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test
-test: test-deps lint unit molecule ## Everything CI runs
+test: test-deps lint unit browser molecule ## Everything CI runs
 
 .PHONY: bench
 bench: setup ## Measure image build, cache reuse and boot time (writes docs/benchmarks.md)

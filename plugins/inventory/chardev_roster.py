@@ -89,10 +89,9 @@ notes:
 """
 
 EXAMPLES = r"""
-# inventory/roster.yml: the roster's path comes from CHARDEV_LAB_ROSTER.
-plugin: chardev_roster
-
-# inventory/myclass.roster.yml: a fixed roster, VMs from port 2401, and a group per explicit suite.
+# inventory/roster.yml holds only "plugin: chardev_roster": the roster's path comes from
+# CHARDEV_LAB_ROSTER. inventory/myclass.roster.yml: a fixed roster, VMs from port 2401, and a group
+# per explicit suite:
 plugin: chardev_roster
 roster: inventory/myclass.csv
 first_port: 2401

@@ -1,0 +1,386 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: read a lab host's chardev state in one round trip (read-only)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: lab_status_probe
+short_description: Read a lab host's kernel, chardev module, device node and crash state
+description:
+  - Reads, in one call and without changing anything, what the lab's status report shows for a host
+    (the C(lab_status) role and C(playbooks/status.yml)).
+  - The running kernel's release (C(/proc/sys/kernel/osrelease)) and whether its headers are installed
+    (C(/lib/modules/<release>/build) exists).
+  - Whether the chardev module is loaded (C(/sys/module/chardev)) and which variant
+    (C(/sys/module/chardev/version) reads C(1.0-<variant>)).
+  - Whether O(device) is a character device whose major equals chardev's major in C(/proc/devices).
+  - The crash state. The host counts as crashed when the crash record that the C(chardev_crash) role
+    leaves exists (O(crash_record)), when the kernel carries the taint flag C(D) (128, an oops), or when
+    C(/sys/kernel/oops_count) is above 0.
+  - The stuck tasks. These are every task in state C(X), and every task in state C(D) whose command
+    name starts with one of O(stuck_comm_prefixes). For each one it returns the pid, state, command name
+    and wait channel.
+  - The taint value and its letters, and whether a reboot is required (crashed, or
+    C(/run/reboot-required) exists).
+  - It never blocks. Only C(/proc/<pid>/stat) and C(/proc/<pid>/wchan) of other tasks are read. These
+    files do not wait on the task, even a stuck one. A task's standard streams and pipes are never read.
+    Python 3.9 or newer on the managed node, standard library only.
+author:
+  - chardev-lab contributors
+options:
+  device:
+    description:
+      - The chardev device node to check.
+    type: path
+    default: /dev/chardev
+  crash_record:
+    description:
+      - The record the C(chardev_crash) role writes when it crashed the host (on tmpfs, so a reboot
+        removes it).
+    type: path
+    default: /run/chardev-lab/crashed.json
+  stuck_comm_prefixes:
+    description:
+      - A task in state C(D) is reported as stuck when its command name starts with one of these.
+      - A task in state C(X) is always reported.
+    type: list
+    elements: str
+    default: [chardev, python, cat]
+  max_tasks:
+    description:
+      - At most this many stuck tasks are returned. RV(stuck_count) still counts all of them.
+    type: int
+    default: 50
+attributes:
+  check_mode:
+    support: full
+    description:
+      - The module only reads, so check mode changes nothing in what it does.
+  diff_mode:
+    support: none
+  platform:
+    platforms: [posix]
+notes:
+  - Run it as root to read every task's wait channel; without root some wait channels read as null.
+seealso:
+  - module: chardev_crash_evidence
+    description: Gathers and judges the full crash evidence, including the kernel log.
+  - name: Tainted kernels
+    description: Meaning of the taint letters.
+    link: https://docs.kernel.org/admin-guide/tainted-kernels.html
+"""
+
+EXAMPLES = r"""
+- name: Probe the lab host
+  lab_status_probe:
+  register: __lab_status_probe
+  ignore_unreachable: true
+
+- name: Probe a host whose device node lives elsewhere, looking for more stuck tasks
+  lab_status_probe:
+    device: /dev/chardev0
+    stuck_comm_prefixes: [chardev, python, cat, dd]
+    max_tasks: 100
+"""
+
+RETURN = r"""
+kernel:
+  description: The running kernel's release.
+  returned: always
+  type: str
+  sample: 6.1.0-56-amd64
+headers:
+  description: Whether C(/lib/modules/<release>/build) exists (a dangling link counts as missing).
+  returned: always
+  type: bool
+  sample: true
+module_loaded:
+  description: Whether C(/sys/module/chardev) exists.
+  returned: always
+  type: bool
+  sample: true
+module_version:
+  description: The text of C(/sys/module/chardev/version); null when the module is not loaded.
+  returned: always
+  type: str
+  sample: 1.0-safe
+variant:
+  description:
+    - The loaded variant, V(safe), V(classic) or V(crash); V(unknown) for a version in another form;
+      null when the module is not loaded.
+  returned: always
+  type: str
+  sample: safe
+major:
+  description: chardev's major number in C(/proc/devices); null when it is not registered.
+  returned: always
+  type: int
+  sample: 240
+node_ok:
+  description: Whether O(device) is a character device with chardev's major.
+  returned: always
+  type: bool
+  sample: true
+node:
+  description: What O(device) is, in words.
+  returned: always
+  type: str
+  sample: "character device 240:0"
+crashed:
+  description:
+    - Whether the crash record exists, the taint flag D is set, or C(/sys/kernel/oops_count) is above 0.
+  returned: always
+  type: bool
+  sample: false
+crash_reasons:
+  description: The markers that make RV(crashed) true; empty when not crashed.
+  returned: always
+  type: list
+  elements: str
+  sample: ["crash record /run/chardev-lab/crashed.json", "taint flag D (oops)", "oops_count 2"]
+crash_record:
+  description:
+    - The crash record's mode, time and kernel (keys C(mode), C(crashed_at), C(kernel_release),
+      C(as_expected)); null when there is no record, C({}) when it cannot be parsed.
+  returned: always
+  type: dict
+  sample:
+    mode: read
+    crashed_at: "2026-11-26T09:12:03+00:00"
+    kernel_release: 6.1.0-56-amd64
+    as_expected: true
+oops_count:
+  description: The value of C(/sys/kernel/oops_count); null on kernels without it (5.10).
+  returned: always
+  type: int
+  sample: 2
+stuck_tasks:
+  description:
+    - The stuck tasks, by pid, at most O(max_tasks). C(wchan) is null when the kernel reads C(0), as
+      x86 kernels before 5.16 built with the ORC unwinder (Debian 11's) do for every task.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {pid: 1576, state: X, comm: python3, wchan: null}
+    - {pid: 1577, state: D, comm: chardev-reader, wchan: pipe_read}
+stuck_count:
+  description: How many stuck tasks there are, including the ones left out by O(max_tasks).
+  returned: always
+  type: int
+  sample: 2
+tainted:
+  description: The value of C(/proc/sys/kernel/tainted); null when it cannot be read.
+  returned: always
+  type: int
+  sample: 12416
+taint_letters:
+  description: The letters of the set taint bits, lowest bit first; empty when not tainted.
+  returned: always
+  type: str
+  sample: DOE
+reboot_required:
+  description: True when RV(crashed) is true or C(/run/reboot-required) exists.
+  returned: always
+  type: bool
+  sample: true
+"""
+
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.chardev_crash import (
+    TAINT_DIE,
+    parse_oops_count,
+    parse_tainted,
+    parse_wchan,
+    proc_path,
+    read_optional,
+    read_task_state,
+    taint_letters,
+)
+
+#: Root of /proc, /sys, /lib/modules, /run and /dev; tests point it at a fake tree.
+ROOT = "/"
+#: How the device node is looked at; tests replace it (a fake tree cannot hold a character device).
+LSTAT: Callable[[str], Any] = os.lstat
+
+MODULE_NAME = "chardev"
+VARIANTS = ("safe", "classic", "crash")
+REBOOT_REQUIRED_FILE = "/run/reboot-required"
+#: Keys of the crash record that are returned.
+RECORD_KEYS = ("mode", "crashed_at", "kernel_release", "as_expected")
+
+
+def under(root: str, path: str) -> str:
+    """An absolute path below root ("/" on a real system)."""
+    return os.path.join(root, path.lstrip("/"))
+
+
+def parse_char_major(text: str, name: str = MODULE_NAME) -> int | None:
+    """The major number of the character driver `name` in /proc/devices, or None when it is not there."""
+    in_char_section = False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.endswith(":"):
+            in_char_section = line == "Character devices:"
+            continue
+        fields = line.split()
+        if in_char_section and len(fields) == 2 and fields[1] == name and fields[0].isdigit():
+            return int(fields[0])
+    return None
+
+
+def parse_module_version(text: str | None) -> str | None:
+    """The variant in /sys/module/chardev/version ("1.0-safe" -> "safe"); "unknown" for another form;
+    None when there is no version."""
+    if text is None or not text.strip():
+        return None
+    _, _, variant = text.strip().rpartition("-")
+    return variant if variant in VARIANTS else "unknown"
+
+
+def judge_node(st: Any | None, major: int | None, device: str) -> tuple[bool, str]:
+    """Whether a device node (its lstat result, None when absent) is chardev's, and what it is in words."""
+    if st is None:
+        return False, f"{device} does not exist"
+    if not stat.S_ISCHR(st.st_mode):
+        return False, f"{device} is not a character device"
+    found = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    if major is None:
+        return False, f"character device {found}, but chardev is not in /proc/devices"
+    if os.major(st.st_rdev) != major:
+        return False, f"character device {found}, but chardev's major is {major} (a stale node)"
+    return True, f"character device {found}"
+
+
+def is_stuck(state: str, comm: str, prefixes: Sequence[str]) -> bool:
+    """X tasks always; D tasks whose command name starts with one of prefixes."""
+    return state == "X" or (state == "D" and any(comm.startswith(prefix) for prefix in prefixes))
+
+
+def find_stuck_tasks(root: str, prefixes: Sequence[str]) -> list[dict[str, Any]]:
+    """Every stuck task below root/proc, by pid: {pid, state, comm, wchan}. Reads only stat and wchan."""
+    try:
+        names: Iterable[str] = os.listdir(under(root, "/proc"))
+    except OSError:
+        return []
+    stuck = []
+    for pid in sorted(int(name) for name in names if name.isdigit()):
+        task = read_task_state(root, pid)
+        if task is None or not is_stuck(task.state, task.comm, prefixes):
+            continue
+        wchan = parse_wchan(read_optional(proc_path(root, pid, "wchan")) or "")
+        stuck.append({"pid": task.pid, "state": task.state, "comm": task.comm, "wchan": wchan})
+    return stuck
+
+
+def parse_crash_record(text: str | None) -> dict[str, Any] | None:
+    """The few keys of the crash record worth showing; None without a record, {} for an unreadable one."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {key: record.get(key) for key in RECORD_KEYS}
+
+
+def crash_reasons(
+    record_path: str, record: dict[str, Any] | None, tainted: int | None, oops_count: int | None
+) -> list[str]:
+    """The crash markers present: the crash record, the taint flag D, an oops count above 0."""
+    reasons = []
+    if record is not None:
+        reasons.append(f"crash record {record_path}")
+    if tainted is not None and tainted & TAINT_DIE:
+        reasons.append("taint flag D (oops)")
+    if oops_count:
+        reasons.append(f"oops_count {oops_count}")
+    return reasons
+
+
+def probe(root: str, params: dict[str, Any], lstat: Callable[[str], Any] = os.lstat) -> dict[str, Any]:
+    """Everything the status report needs about the host below root."""
+    release = (read_optional(under(root, "/proc/sys/kernel/osrelease")) or os.uname().release).strip()
+    module_dir = under(root, f"/sys/module/{MODULE_NAME}")
+    loaded = os.path.isdir(module_dir)
+    version_text = read_optional(os.path.join(module_dir, "version")) if loaded else None
+    major = parse_char_major(read_optional(under(root, "/proc/devices")) or "")
+    device = params["device"]
+    try:
+        node_stat = lstat(under(root, device))
+    except OSError:
+        node_stat = None
+    node_ok, node = judge_node(node_stat, major, device)
+    tainted_text = read_optional(under(root, "/proc/sys/kernel/tainted"))
+    tainted = parse_tainted(tainted_text) if tainted_text and tainted_text.strip().isdigit() else None
+    oops_count = parse_oops_count(read_optional(under(root, "/sys/kernel/oops_count")))
+    record = parse_crash_record(read_optional(under(root, params["crash_record"])))
+    reasons = crash_reasons(params["crash_record"], record, tainted, oops_count)
+    stuck = find_stuck_tasks(root, params["stuck_comm_prefixes"])
+    return {
+        "changed": False,
+        "kernel": release,
+        "headers": os.path.exists(under(root, f"/lib/modules/{release}/build")),
+        "module_loaded": loaded,
+        "module_version": version_text.strip() if version_text else None,
+        "variant": parse_module_version(version_text) if loaded else None,
+        "major": major,
+        "node_ok": node_ok,
+        "node": node,
+        "crashed": bool(reasons),
+        "crash_reasons": reasons,
+        "crash_record": record,
+        "oops_count": oops_count,
+        "stuck_tasks": stuck[: max(0, int(params["max_tasks"]))],
+        "stuck_count": len(stuck),
+        "tainted": tainted,
+        "taint_letters": taint_letters(tainted) if tainted is not None else "",
+        "reboot_required": bool(reasons) or os.path.exists(under(root, REBOOT_REQUIRED_FILE)),
+    }
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """The module's work, without AnsibleModule; read-only, so check mode is the same."""
+    del check_mode
+    return probe(ROOT, params, LSTAT)
+
+
+def make_module() -> AnsibleModule:
+    """The AnsibleModule with this module's argument spec."""
+    return AnsibleModule(
+        argument_spec={
+            "device": {"type": "path", "default": "/dev/chardev"},
+            "crash_record": {"type": "path", "default": "/run/chardev-lab/crashed.json"},
+            "stuck_comm_prefixes": {
+                "type": "list",
+                "elements": "str",
+                "default": ["chardev", "python", "cat"],
+            },
+            "max_tasks": {"type": "int", "default": 50},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main() -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
