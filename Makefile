@@ -14,8 +14,9 @@ HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client 
 # Packages only the tests need: the status page is checked in a real headless browser.
 TEST_PACKAGES := chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# Cheapest first: smoke boots one VM, default three, faults one, crash six.
-SCENARIOS ?= smoke default faults crash
+# classroom boots two VMs (a class from a roster), default three, faults one, crash six. classroom runs
+# first: it also checks what every VM needs (kernel, host key, Python, isolation) before any lab runs.
+SCENARIOS ?= classroom default faults crash
 
 # A classroom: make lab ROSTER=path/to/roster.csv (and status, reset, down, ssh with the same ROSTER=).
 # The roster becomes the inventory through the chardev_roster plugin (inventory/roster.yml), which
@@ -96,7 +97,7 @@ browser: venv test-deps ## The status page in headless Chromium, from a fixture 
 	pytest -q tests/browser
 
 .PHONY: molecule
-molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="smoke default faults crash")
+molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="classroom default faults crash")
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test
@@ -105,6 +106,10 @@ test: test-deps lint unit browser molecule ## Everything CI runs
 .PHONY: bench
 bench: setup ## Measure image build, cache reuse and boot time (writes docs/benchmarks.md)
 	$(BIN)/python tools/bench.py --output docs/benchmarks.md
+
+.PHONY: bench-fleet
+bench-fleet: setup ## Measure a class of one and of four local VMs, step by step (docs/benchmarks-fleet.md)
+	$(BIN)/python tools/bench_fleet.py --output docs/benchmarks-fleet.md
 
 .PHONY: clean
 clean: down ## Remove the fleet and the virtualenv (keeps the image cache)

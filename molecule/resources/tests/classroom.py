@@ -20,6 +20,22 @@ def scenario() -> Path:
     return Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 
 
+def _plain(value):
+    """ansible-inventory --list marks the roster's strings unsafe ({"__ansible_unsafe": "..."})."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def roster_vars(name: str) -> dict:
+    """A student's host variables as the roster gives them (what molecule's own inventory lacks)."""
+    return roster_inventory()["_meta"]["hostvars"][name]
+
+
 def roster_inventory() -> dict:
     """The inventory the roster alone gives (ansible-inventory over inventory/roster.yml)."""
     done = subprocess.run(
@@ -36,7 +52,7 @@ def roster_inventory() -> dict:
         env={**os.environ, "ANSIBLE_CONFIG": str(project() / "ansible.cfg")},
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return _plain(json.loads(done.stdout))
 
 
 def student_key(name: str) -> Path:

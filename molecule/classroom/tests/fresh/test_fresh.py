@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from classroom import roster_inventory
+from classroom import roster_inventory, roster_vars
 from lab_testinfra import fleet_dir, run_playbook
 
 KERNEL_SERIES = {"bullseye": "5.10.", "bookworm": "6.1.", "trixie": "6.12."}
@@ -30,7 +30,7 @@ def test_the_roster_is_the_inventory():
 
 
 def test_kernel_matches_the_suite(host):
-    suite = host.ansible.get_variables().get("lab_vm_suite", "bookworm")
+    suite = roster_vars(host.backend.get_hostname()).get("lab_vm_suite", "bookworm")
     release = host.run("uname -r").stdout.strip()
     assert release.startswith(KERNEL_SERIES[suite]), f"{suite} VM runs {release}"
     assert release.endswith("amd64"), release
@@ -49,7 +49,7 @@ def test_ssh_host_key_is_the_one_known_in_advance(host):
     """The VM serves the host key that the fleet generated and wrote to known_hosts before boot."""
     served = host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()[1]
     known = (fleet_dir() / "known_hosts").read_text()
-    port = host.ansible.get_variables()["lab_vm_ssh_port"]
+    port = roster_vars(host.backend.get_hostname())["lab_vm_ssh_port"]
     assert re.search(rf"^\[127\.0\.0\.1\]:{port} ssh-ed25519 {re.escape(served)}( .*)?$", known, re.M), known
 
 
