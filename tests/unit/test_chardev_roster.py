@@ -450,3 +450,27 @@ def test_ansible_inventory_stops_on_a_bad_roster_and_shows_every_problem(tmp_pat
     assert "Completely failed to parse inventory source" in proc.stderr
     for line in (4, 5, 6, 7, 8, 9, 10, 12, 13, 14):
         assert f"bad.csv line {line}: " in proc.stderr, proc.stderr
+
+
+def test_lab_with_a_bad_roster_starts_nothing(tmp_path: Path) -> None:
+    """What `make lab ROSTER=bad.csv` runs: ansible-playbook stops before any play, and the fleet's
+    directory (where keys, VMs and results would go) is never made."""
+    state_dir = tmp_path / "fleet"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventory/roster.yml", "lab.yml"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),
+            "CHARDEV_LAB_ROSTER": str(ROSTERS / "bad.csv"),
+            "CHARDEV_LAB_STATE_DIR": str(state_dir),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "PLAY [" not in proc.stdout, proc.stdout
+    assert "bad.csv line 4: " in proc.stderr, proc.stderr
+    assert not state_dir.exists()

@@ -201,7 +201,9 @@ def test_killed_vm_is_found_unreachable_reset_and_clean(host):
     console = vm_dir / "console.log"
     tail = "\n".join(console.read_text(errors="replace").splitlines()[-30:]) if console.exists() else ""
     assert run.rc == 0, f"{run}\n{console}, last lines:\n{tail}"
-    probe = run.task(name_of(host), "Look for a crash record and the oops taint")
+    probe = run.task(
+        name_of(host), "Read kernel, headers, module, node, crash markers, stuck tasks and taint (read-only)"
+    )
     assert probe.get("unreachable"), str(run)
     assert "reset (unreachable): fresh disk" in run.messages(name_of(host)), str(run)
     assert run.task(name_of(host), "Check the clean state").get("failed") is not True, str(run)

@@ -65,33 +65,30 @@ def student_key(name: str) -> Path:
     return copy
 
 
+def ssh_options(key: str) -> list[str]:
+    """ssh with one key only, host-key checking on against the fleet's known_hosts, never prompting."""
+    return [
+        "-i",
+        str(student_key(key)),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={fleet_dir() / 'known_hosts'}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ConnectTimeout=60",
+    ]
+
+
+def run_ssh(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+
+
 def ssh_as(
     key: str, user: str, port: int, *command: str, extra: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess:
-    """ssh to a local VM with one key only, host-key checking on, never prompting."""
-    return subprocess.run(
-        [
-            "ssh",
-            "-p",
-            str(port),
-            "-i",
-            str(student_key(key)),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"UserKnownHostsFile={fleet_dir() / 'known_hosts'}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "ConnectTimeout=60",
-            *extra,
-            f"{user}@127.0.0.1",
-            *command,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    """ssh to a local VM as user with one key."""
+    return run_ssh(["ssh", "-p", str(port), *ssh_options(key), *extra, f"{user}@127.0.0.1", *command])

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from classroom import ssh_as, student_key
+from classroom import run_ssh, ssh_as, ssh_options
 from fleet_status import by_host, check_page_matches, refresh_status
 from lab_testinfra import fleet_dir
 
@@ -106,26 +106,8 @@ def test_the_access_rows_ssh_line_works():
         row = next(r for r in csv.DictReader(handle) if r["student"] == "bob")
     command = row["ssh"].split()
     assert command[0] == "ssh", row
-    key = str(student_key("bob"))
-    done = subprocess.run(
-        [
-            *command[:1],
-            "-i",
-            key,
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            f"UserKnownHostsFile={fleet_dir() / 'known_hosts'}",
-            *command[1:],
-            "id -un",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    # The row's own command line, with the student's key and the fleet's known_hosts added.
+    done = run_ssh([command[0], *ssh_options("bob"), *command[1:], "id -un"])
     assert done.returncode == 0 and done.stdout.strip() == "bob", done
 
 
