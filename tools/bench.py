@@ -1116,6 +1116,11 @@ def render(r: dict[str, Any], command: str) -> str:
         out += [para(note, "- ", "  ") for note in r["notes"]]
         out.append("")
     out += ["The raw numbers, every sample included, are in `benchmarks.json` next to this file.", ""]
+    out += [
+        "A classroom (one VM against four, every step of the class timed) is measured by "
+        "`tools/bench_fleet.py` (`make bench-fleet`): [benchmarks-fleet.md](benchmarks-fleet.md).",
+        "",
+    ]
     return scrub("\n".join(out))
 
 

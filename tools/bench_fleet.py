@@ -9,10 +9,11 @@ step by step so that each step has its own time:
   boot      playbooks/fleet.yml            the image cached (make lab built it), VMs booted to SSH
   lab       playbooks/lab.yml              headers from the mirror, build, load, node, demo
   access    playbooks/access.yml           accounts, keys, sshd, access.csv and the notes
+  status_ready    playbooks/status.yml     status.json, the table and index.html, before the crash
   crash     playbooks/crash.yml            the crash lesson on every VM, with its evidence
-  status    playbooks/status.yml           status.json, the table and index.html
+  status_crashed  playbooks/status.yml     the state after the crash
   reset     playbooks/reset.yml            a fresh disk for every crashed VM, verified clean
-  status2   playbooks/status.yml           the state after the reset
+  status_reset    playbooks/status.yml     the state after the reset
 
 Each class runs once (a class of four is 20+ minutes under TCG on 2 cores): the figures are single
 runs, and the ratios four/one come from the same invocation. The fleet lives in a temporary state
@@ -45,10 +46,11 @@ STEPS = (
     ("boot", "playbooks/fleet.yml"),
     ("lab", "playbooks/lab.yml"),
     ("access", "playbooks/access.yml"),
+    ("status_ready", "playbooks/status.yml"),
     ("crash", "playbooks/crash.yml"),
-    ("status", "playbooks/status.yml"),
+    ("status_crashed", "playbooks/status.yml"),
     ("reset", "playbooks/reset.yml"),
-    ("status2", "playbooks/status.yml"),
+    ("status_reset", "playbooks/status.yml"),
 )
 T0 = time.monotonic()
 
