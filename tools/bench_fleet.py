@@ -176,7 +176,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append("| **total** | | " + " | ".join(f"**{t:.1f} s**" for t in totals) + f" | **{ratio}** |")
     lines += [
         "",
-        "Every VM's state in status.json after the crash (`status`) and after the reset (`status2`):",
+        "Every VM's state in status.json before the crash, after it and after the reset (a reset VM has a",
+        "fresh disk: `not-ready` until the lab runs again):",
         "",
     ]
     for c in classes:
