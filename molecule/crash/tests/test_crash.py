@@ -15,6 +15,7 @@ from chardev_crash import (
     parse_wchan,
     taint_letters,
 )
+from fleet_status import by_host, check_page_matches, refresh_status
 from lab_testinfra import evidence, phase
 
 RUN_DIR = "/run/chardev-lab"
@@ -38,8 +39,27 @@ def expectation(host) -> dict:
     return expected_outcome(host.run("uname -r").stdout.strip(), mode_of(host))
 
 
+@pytest.fixture(scope="module")
+def status():
+    """playbooks/status.yml once for all six VMs, as an instructor would run it (make status)."""
+    return refresh_status()
+
+
 @pytest.mark.skipif(not CRASHED, reason="checked after converge, before the reset")
 class TestCrashed:
+    def test_status_reports_the_crash_and_its_stuck_tasks(self, host, status):
+        row = by_host(status)[host.backend.get_hostname()]
+        assert row["state"] == "crashed" and row["crashed"] is True, row
+        assert row["tainted"] == int(host.file("/proc/sys/kernel/tainted").content_string), row
+        assert row["module_loaded"] is False and row["reboot_required"] is True, row
+        shown = {task["pid"]: task["state"] for task in row["stuck_tasks"]}
+        for role in expectation(host)["tasks"]:
+            pid = pid_of(host, role)
+            assert shown.get(pid) == state_of(host, pid), (role, pid, row["stuck_tasks"])
+
+    def test_status_page_in_a_browser_matches_the_json(self, status):
+        check_page_matches(status, "status-page-crash.png")
+
     def test_tasks_are_stuck_in_the_expected_state(self, host):
         for role, want in expectation(host)["tasks"].items():
             pid = pid_of(host, role)
@@ -83,6 +103,12 @@ class TestCrashed:
 
 @pytest.mark.skipif(CRASHED, reason="checked after the reset")
 class TestReset:
+    def test_status_reports_a_clean_host(self, host, status):
+        row = by_host(status)[host.backend.get_hostname()]
+        assert row["crashed"] is False and row["stuck_tasks"] == [] and row["tainted"] == 0, row
+        # A fresh disk: the lab is to be run again.
+        assert row["state"] == "not-ready" and row["module_loaded"] is False, row
+
     def test_no_module_no_stuck_task_no_taint(self, host):
         assert not host.file("/sys/module/chardev").exists
         assert int(host.file("/proc/sys/kernel/tainted").content_string) == 0

@@ -8,15 +8,23 @@ import os
 import shutil
 from pathlib import Path
 
-from lab_testinfra import fleet_dir, run_playbook
+from lab_testinfra import run_playbook
 from status_page import read_status_page, screenshot
 
 
+def status_dir() -> Path:
+    """Where playbooks/status.yml writes: next to the results, in the fleet's directory of a classroom
+    (CHARDEV_LAB_STATE_DIR) or in the scenario's ephemeral directory (lab_results_dir of crash, faults)."""
+    return (
+        Path(os.environ.get("CHARDEV_LAB_STATE_DIR") or os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "status"
+    )
+
+
 def refresh_status() -> list[dict]:
-    """Run playbooks/status.yml over the whole class and return status.json, by host."""
+    """Run playbooks/status.yml over every host and return status.json."""
     run = run_playbook(None, Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/status.yml")
     assert run.rc == 0, str(run)
-    return json.loads((fleet_dir() / "status/status.json").read_text())
+    return json.loads((status_dir() / "status.json").read_text())
 
 
 def by_host(rows: list[dict]) -> dict[str, dict]:
@@ -26,7 +34,7 @@ def by_host(rows: list[dict]) -> dict[str, dict]:
 def check_page_matches(status: list[dict], shot: str) -> None:
     """What the page shows in a real browser is what status.json says, host by host; keeps a screenshot
     (in the scenario's directory, and in CHARDEV_LAB_SCREENSHOT_DIR when set, e.g. docs/)."""
-    page = fleet_dir() / "status/index.html"
+    page = status_dir() / "index.html"
     rows = read_status_page(page)
     assert [row["host"] for row in rows] == [entry["host"] for entry in status], rows
     for row, entry in zip(rows, status, strict=True):
