@@ -82,17 +82,22 @@ def test_documentation_parses_and_matches_the_argument_spec(
     assert set(doc["options"]) == set(argument_spec_of(module, monkeypatch))
 
 
-@pytest.mark.parametrize("library", LIBRARIES, ids=lambda p: p.parent.name)
-def test_ansible_doc_renders(library: Path) -> None:
-    names = sorted(path.stem for path in library.glob("*.py"))
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-doc"), "-M", str(library), *names],
+def ansible_doc(*args: str) -> subprocess.CompletedProcess:
+    """ansible-doc of the virtualenv, uncoloured."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-doc"), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
     )
+
+
+@pytest.mark.parametrize("library", LIBRARIES, ids=lambda p: p.parent.name)
+def test_ansible_doc_renders(library: Path) -> None:
+    names = sorted(path.stem for path in library.glob("*.py"))
+    proc = ansible_doc("-M", str(library), *names)
     assert proc.returncode == 0, proc.stderr
     assert "ERROR" not in proc.stderr, proc.stderr
     for name in names:
@@ -127,21 +132,7 @@ def test_inventory_plugin_documentation_parses(path: Path) -> None:
 
 def test_ansible_doc_renders_inventory_plugins() -> None:
     names = sorted(path.stem for path in INVENTORY_PLUGINS)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-doc"),
-            "-t",
-            "inventory",
-            "-M",
-            str(INVENTORY_PLUGIN_DIR),
-            *names,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
-    )
+    proc = ansible_doc("-t", "inventory", "-M", str(INVENTORY_PLUGIN_DIR), *names)
     assert proc.returncode == 0, proc.stderr
     assert "ERROR" not in proc.stderr, proc.stderr
     for name in names:
