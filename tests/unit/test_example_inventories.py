@@ -27,10 +27,10 @@ PLUGINS = {
 }
 
 
-@cache
-def plugin_doc(name: str) -> dict[str, Any]:
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """An Ansible tool of the virtualenv, from the repository root; it must succeed."""
     proc = subprocess.run(
-        [str(BIN / "ansible-doc"), "-t", "inventory", "--json", name],
+        [str(BIN / tool), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -39,7 +39,12 @@ def plugin_doc(name: str) -> dict[str, Any]:
         cwd=REPO_ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)[name]["doc"]
+    return proc
+
+
+@cache
+def plugin_doc(name: str) -> dict[str, Any]:
+    return json.loads(run_tool("ansible-doc", "-t", "inventory", "--json", name).stdout)[name]["doc"]
 
 
 def test_every_example_is_covered() -> None:
@@ -65,16 +70,7 @@ def test_cloud_example_uses_only_documented_options(file_name: str) -> None:
 
 def test_static_example_loads() -> None:
     def inventory(*args: str) -> str:
-        proc = subprocess.run(
-            [str(BIN / "ansible-inventory"), "-i", str(EXAMPLES / "static.yml"), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=ENV,
-            cwd=REPO_ROOT,
-        )
-        assert proc.returncode == 0, proc.stderr
+        proc = run_tool("ansible-inventory", "-i", str(EXAMPLES / "static.yml"), *args)
         assert "WARNING" not in proc.stderr, proc.stderr
         return proc.stdout
 
