@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Measure what the local fleet costs, through the project's own code.
 
 Every figure comes from ansible-playbook runs of the lab_vm role (the project's ansible.cfg, a

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Measure a classroom on this machine: one student against four, each step of the class timed.
 
 For each class size (default 1 then 4), a roster of that many students is generated (fresh ed25519

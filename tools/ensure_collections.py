@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Install the collections of requirements.yml that the virtualenv does not already have.
 
 The "ansible" package from requirements.txt ships community.general, community.crypto and

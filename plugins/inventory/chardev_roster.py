@@ -1,3 +1,5 @@
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible inventory plugin: a classroom roster (CSV or YAML) becomes the lab's fleet."""
 
 from __future__ import annotations

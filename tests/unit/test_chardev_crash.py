@@ -181,6 +181,7 @@ def test_expected_victim_state(release: str, victim: str, mode: str) -> None:
     assert expected["kernel_release"] == release
     assert expected["markers"] == {
         "oops": True,
+        "oops_of_victim": True,
         "recursive_fault": True,
         "last_unloaded_chardev": True,
         "taint_die": True,
@@ -213,6 +214,15 @@ def test_parse_proc_stat_plain() -> None:
     text = "845 (chardev-victim) X 1 844 844 0 -1 4194560 312 0 0 0 3 1 0 0 20 0 1 0 30112 0 0\n"
     parsed = parse_proc_stat(text)
     assert (parsed.pid, parsed.comm, parsed.state, parsed.ppid) == (845, "chardev-victim", "X", 1)
+    assert parsed.starttime == 30112  # field 22
+
+
+def test_parse_proc_stat_starttime_of_this_process() -> None:
+    """Field 22 as the kernel writes it: the same value chardev_victim.py records in its PID files."""
+    text = Path("/proc/self/stat").read_text()
+    parsed = parse_proc_stat(text)
+    assert parsed.starttime == int(text.rpartition(")")[2].split()[19])
+    assert parsed.starttime is not None and parsed.starttime > 0
 
 
 def test_parse_proc_stat_comm_with_spaces_and_parens() -> None:
@@ -220,6 +230,7 @@ def test_parse_proc_stat_comm_with_spaces_and_parens() -> None:
     assert parsed.comm == "a) b (c)"
     assert parsed.state == "D"
     assert parsed.ppid == 845
+    assert parsed.starttime is None  # the line stops before field 22
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "12 (x)", "(x) S 1"])
@@ -298,6 +309,8 @@ def test_parse_kernel_log_5_10() -> None:
     assert log.oops_lines[4] == "Oops: 0000 [#1] SMP NOPTI"
     assert len(log.oops_lines) == 20
     assert not any(line.startswith("[") for line in log.oops_lines)
+    # both oopses (the fault and the recursive one while exiting) happened in the victim's task
+    assert log.oops_tasks == [(812, "chardev-victim"), (812, "chardev-victim")]
 
 
 def test_parse_kernel_log_6_1_from_kmsg_records() -> None:
@@ -315,6 +328,41 @@ def test_parse_kernel_log_6_1_from_kmsg_records() -> None:
         "PGD 1e810067 P4D 1e810067 PUD 1e812067 PMD 3a6f1067 PTE 0",
         "Oops: 0000 [#1] PREEMPT SMP NOPTI",
     ]
+    # the second oops has no CPU line in this excerpt: one task, the victim's
+    assert log.oops_tasks == [(845, "chardev-victim")]
+
+
+# Debian 13 (6.12) prints the task's uid before its pid ("CPU: 0 UID: 0 PID: ..."); a comm may hold
+# spaces; an untainted kernel says "Not tainted".
+DMESG_6_12 = """\
+[  301.204512] BUG: unable to handle page fault for address: ffffffffc0b1e2c0
+[  301.207468] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[  301.207957] CPU: 0 UID: 0 PID: 845 Comm: chardev-victim Tainted: G           OE      \
+6.12.57+deb13-amd64 #1  Debian 6.12.57-1
+[  301.209181] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996)
+[  301.220000] BUG: unable to handle page fault for address: ffffffffc0b1e2b8
+[  301.220500] Oops: 0000 [#2] PREEMPT SMP NOPTI
+[  301.220700] CPU: 1 UID: 1000 PID: 9001 Comm: my reader Not tainted 6.12.57+deb13-amd64 #1
+[  301.222000] Fixing recursive fault but reboot is needed!
+"""
+
+
+def test_parse_kernel_log_6_12_oops_tasks() -> None:
+    log = parse_kernel_log(DMESG_6_12)
+    assert log.oops_headlines == 2
+    assert log.recursive_fault is True
+    assert log.oops_tasks == [(845, "chardev-victim"), (9001, "my reader")]
+
+
+def test_parse_kernel_log_task_lines_before_an_oops_are_not_oops_tasks() -> None:
+    """A "CPU: ... PID:" line before any oops (a WARN, a hung-task report) names no oops task."""
+    text = (
+        "[  1.0] CPU: 0 PID: 17 Comm: kworker/0:1 Not tainted 6.1.0-56-amd64 #1\n"
+        "[  2.0] chardev: registered with major 247\n"
+    )
+    log = parse_kernel_log(text)
+    assert log.oops is False
+    assert log.oops_tasks == []
 
 
 def test_parse_kernel_log_old_headline() -> None:
@@ -388,6 +436,7 @@ def observed_ok(victim_state: str = "X", reader: bool = True) -> dict[str, Any]:
     return {
         "tasks": tasks,
         "oops": True,
+        "oops_of_victim": True,
         "recursive_fault": True,
         "last_unloaded_chardev": True,
         "taint_die": True,
@@ -452,6 +501,24 @@ def test_compare_missing_tasks() -> None:
     assert "reader: not observed" in compare(expected_outcome("6.1.0-56-amd64", "splice"), observed)[1]
 
 
+def test_compare_reports_why_a_task_is_not_the_victim() -> None:
+    """A pid reused by another process: the mismatch says so (gather_tasks' error), not "not in /proc"."""
+    observed = observed_ok()
+    why = "pid 845 is another process now (sshd, started at tick 99; the victim started at tick 30112)"
+    observed["tasks"]["victim"].update(state=None, killed_but_alive=None, error=why)
+    (mismatch,) = compare(expected_outcome("6.1.0-56-amd64", "splice"), observed)
+    assert mismatch.startswith(f"victim: {why}, expected state X (")
+
+
+def test_compare_oops_of_another_task() -> None:
+    """The oops happened, but in another task than the victim: the crash is not the lesson's."""
+    observed = observed_ok()
+    observed["oops_of_victim"] = False
+    assert compare(expected_outcome("6.1.0-56-amd64", "splice"), observed) == [
+        "missing: an oops in the victim's own task (PID: <victim> in the oops)"
+    ]
+
+
 def test_compare_does_not_judge_extra_roles() -> None:
     observed = observed_ok(reader=True)
     observed["tasks"]["reader"]["state"] = "S"
@@ -460,15 +527,40 @@ def test_compare_does_not_judge_extra_roles() -> None:
 
 def test_observed_from() -> None:
     task = TaskEvidence(role="victim", pidfile="/run/v.pid", pid=845, state="X", killed_but_alive=True)
-    log = KernelLogEvidence(oops=True, recursive_fault=True, last_unloaded_chardev=True)
+    log = KernelLogEvidence(
+        oops=True, recursive_fault=True, last_unloaded_chardev=True, oops_tasks=[(845, "chardev-victim")]
+    )
     observed = observed_from([task], log, TAINT_AFTER_CRASH)
     assert observed["tasks"]["victim"]["state"] == "X"
     assert observed["taint_die"] is True
+    assert observed["oops_of_victim"] is True
+    assert observed["oops_tasks"] == [{"pid": 845, "comm": "chardev-victim"}]
     assert observed_from([task], log, None)["taint_die"] is False
     assert observed_from([task], log, 4096)["taint_die"] is False
 
 
+def test_observed_from_oops_of_victim() -> None:
+    victim = TaskEvidence(role="victim", pidfile="/run/v.pid", pid=845)
+    reader = TaskEvidence(role="reader", pidfile="/run/r.pid", pid=846)
+    other = KernelLogEvidence(oops=True, oops_tasks=[(846, "chardev-reader"), (17, "kworker/0:1")])
+    assert observed_from([victim, reader], other, None)["oops_of_victim"] is False  # the reader's oops
+    both = KernelLogEvidence(oops=True, oops_tasks=[(17, "kworker/0:1"), (845, "chardev-victim")])
+    assert observed_from([reader, victim], both, None)["oops_of_victim"] is True
+    assert observed_from([reader], both, None)["oops_of_victim"] is False  # no victim observed
+    no_pid = TaskEvidence(role="victim", pidfile="/run/v.pid", error="cannot read pidfile")
+    assert observed_from([no_pid], both, None)["oops_of_victim"] is False
+    # the evidence module's samples: a 5.10 oops in the victim's task
+    log = parse_kernel_log(DMESG_5_10)
+    victim_5_10 = TaskEvidence(role="victim", pidfile="/run/v.pid", pid=812, state="D")
+    assert observed_from([victim_5_10], log, TAINT_AFTER_CRASH)["oops_of_victim"] is True
+
+
 # --- gathering from a fake /proc ----------------------------------------------------------------------
+
+
+def stat_line(pid: int, comm: str, state: str, starttime: int) -> str:
+    """A /proc/<pid>/stat line with every field up to 22 (starttime) and a few after it."""
+    return f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {starttime} 0 0\n"
 
 
 class FakeSystem:
@@ -479,13 +571,24 @@ class FakeSystem:
         self.now = 0.0
         self.kills: list[tuple[int, int]] = []
         self.killable: set[int] = set()
+        self.starttimes: dict[int, int] = {}
 
     def task(
-        self, pid: int, comm: str, state: str, wchan: str = "0", cmdline: bytes = b"", stack: str | None = ""
+        self,
+        pid: int,
+        comm: str,
+        state: str,
+        wchan: str = "0",
+        cmdline: bytes = b"",
+        stack: str | None = "",
+        starttime: int | None = None,
     ) -> None:
+        """A task in /proc; its start time defaults to one of its own (30000 + pid)."""
+        starttime = 30000 + pid if starttime is None else starttime
+        self.starttimes[pid] = starttime
         proc = self.root / "proc" / str(pid)
         proc.mkdir(parents=True)
-        (proc / "stat").write_text(f"{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20\n")
+        (proc / "stat").write_text(stat_line(pid, comm, state, starttime))
         (proc / "wchan").write_text(wchan)
         if stack is not None:  # None: no /proc/<pid>/stack (a kernel without CONFIG_STACKTRACE)
             (proc / "stack").write_text(stack)
@@ -496,6 +599,10 @@ class FakeSystem:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return str(path)
+
+    def entry(self, pid: int) -> str:
+        """ "PID STARTTIME" of a task, as chardev_victim.py writes it into its PID files."""
+        return f"{pid} {self.starttimes[pid]}\n"
 
     def kill(self, pid: int, sig: int) -> None:
         self.kills.append((pid, sig))
@@ -524,13 +631,17 @@ def fake(tmp_path: Path) -> FakeSystem:
 def test_gather_tasks_stuck_tasks_survive_sigkill(fake: FakeSystem) -> None:
     fake.task(845, "chardev-victim", "X")
     fake.task(846, "chardev (reader)", "D", "pipe_read", b"python3\x00chardev_victim.py\x00splice\x00")
-    pidfiles = {"victim": fake.pidfile("victim.pid", "845\n"), "reader": fake.pidfile("reader.pid", "846")}
+    pidfiles = {
+        "victim": fake.pidfile("victim.pid", fake.entry(845)),
+        "reader": fake.pidfile("reader.pid", fake.entry(846).strip()),  # no newline: also read
+    }
     victim, reader = fake.gather(pidfiles, kill_wait=2.0, poll_interval=0.1)
     assert fake.kills == [(845, signal.SIGKILL), (846, signal.SIGKILL)]
     assert (victim.pid, victim.state, victim.wchan, victim.cmdline) == (845, "X", None, [])
     assert (reader.comm, reader.state, reader.wchan) == ("chardev (reader)", "D", "pipe_read")
     assert reader.cmdline == ["python3", "chardev_victim.py", "splice"]
     for task in (victim, reader):
+        assert task.identity == "starttime"  # the reader's comm does not matter with a start time
         assert task.kill_sent is True
         assert task.killed_but_alive is True
         assert task.error is None
@@ -542,7 +653,8 @@ def test_gather_tasks_stuck_tasks_survive_sigkill(fake: FakeSystem) -> None:
 def test_gather_tasks_killable_task_goes_away(fake: FakeSystem) -> None:
     fake.task(900, "python3", "D")
     fake.killable.add(900)
-    (task,) = fake.gather({"victim": fake.pidfile("v.pid", "900")})
+    (task,) = fake.gather({"victim": fake.pidfile("v.pid", fake.entry(900))})
+    assert fake.kills == [(900, signal.SIGKILL)]
     assert task.killed_but_alive is False
     assert task.state_after_kill is None
     assert fake.now == 0.0  # seen gone at the first look, no waiting
@@ -550,7 +662,8 @@ def test_gather_tasks_killable_task_goes_away(fake: FakeSystem) -> None:
 
 def test_gather_tasks_never_kills_a_task_that_is_not_stuck(fake: FakeSystem) -> None:
     fake.task(901, "chardev-victim", "S", "hrtimer_nanosleep")
-    (task,) = fake.gather({"victim": fake.pidfile("v.pid", "901")})
+    (task,) = fake.gather({"victim": fake.pidfile("v.pid", fake.entry(901))})
+    assert task.identity == "starttime"
     assert fake.kills == []
     assert task.kill_sent is False
     assert task.killed_but_alive is None
@@ -559,7 +672,7 @@ def test_gather_tasks_never_kills_a_task_that_is_not_stuck(fake: FakeSystem) -> 
 
 def test_gather_tasks_without_kill_test(fake: FakeSystem) -> None:
     fake.task(845, "chardev-victim", "X")
-    (task,) = fake.gather({"victim": fake.pidfile("v.pid", "845")}, kill_test=False)
+    (task,) = fake.gather({"victim": fake.pidfile("v.pid", fake.entry(845))}, kill_test=False)
     assert fake.kills == []
     assert task.killed_but_alive is None
     assert task.state == "X"
@@ -568,7 +681,10 @@ def test_gather_tasks_without_kill_test(fake: FakeSystem) -> None:
 def test_gather_tasks_reads_the_kernel_stack(fake: FakeSystem) -> None:
     fake.task(1552, "python3", "D", stack=None)
     fake.task(1553, "python3", "D", "0", stack=READER_STACK_5_10)
-    pidfiles = {"victim": fake.pidfile("v.pid", "1552"), "reader": fake.pidfile("r.pid", "1553")}
+    pidfiles = {
+        "victim": fake.pidfile("v.pid", fake.entry(1552)),
+        "reader": fake.pidfile("r.pid", fake.entry(1553)),
+    }
     victim, reader = fake.gather(pidfiles, kill_test=False)
     assert (victim.wchan, victim.stack) == (None, [])
     assert reader.wchan is None
@@ -596,10 +712,73 @@ def test_gather_tasks_kill_permission_error(fake: FakeSystem) -> None:
     def refuse(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    (task,) = gather_tasks({"victim": fake.pidfile("v.pid", "845")}, root=str(fake.root), kill=refuse)
+    (task,) = gather_tasks(
+        {"victim": fake.pidfile("v.pid", fake.entry(845))}, root=str(fake.root), kill=refuse
+    )
     assert task.kill_sent is False
     assert task.killed_but_alive is None
     assert task.error == "SIGKILL to pid 845 failed: EPERM"
+
+
+def test_gather_tasks_old_pidfile_known_by_comm(fake: FakeSystem) -> None:
+    """A PID file of an older victim (pid only) is tied to its task by the command name the victim sets."""
+    fake.task(845, "chardev-victim", "X")
+    fake.task(846, "chardev-reader", "D", "pipe_read")
+    pidfiles = {"victim": fake.pidfile("victim.pid", "845\n"), "reader": fake.pidfile("reader.pid", "846")}
+    victim, reader = fake.gather(pidfiles, kill_wait=0.2)
+    assert (victim.identity, reader.identity) == ("comm", "comm")
+    assert (victim.error, reader.error) == (None, None)
+    assert fake.kills == [(845, signal.SIGKILL), (846, signal.SIGKILL)]
+
+
+@pytest.mark.parametrize("state", ["D", "X", "S"])
+def test_gather_tasks_reused_pid_is_not_the_victim(fake: FakeSystem, state: str) -> None:
+    """The victim's pid now belongs to another process (other start time): not reported, never killed."""
+    fake.task(845, "chardev-victim", state, "pipe_read", b"python3\x00chardev_victim.py\x00", starttime=99999)
+    fake.task(846, "chardev-reader", state, "pipe_read", starttime=88888)
+    pidfiles = {
+        "victim": fake.pidfile("victim.pid", "845 30845\n"),
+        "reader": fake.pidfile("reader.pid", "846 30846"),
+    }
+    victim, reader = fake.gather(pidfiles, kill_wait=0.2)
+    assert fake.kills == []
+    for task, started in ((victim, 30845), (reader, 30846)):
+        assert task.identity is None
+        assert task.pid in (845, 846)  # the pid of the PID file, so that the oops can still be matched
+        assert (task.state, task.comm, task.wchan, task.cmdline, task.stack) == (None, None, None, [], [])
+        assert task.kill_sent is False and task.killed_but_alive is None
+        assert "is another process now" in (task.error or "")
+        assert f"started at tick {started}" in (task.error or "")
+    assert "started at tick 99999" in (victim.error or "")
+
+
+@pytest.mark.parametrize(
+    ("role", "comm"), [("victim", "sshd"), ("victim", "chardev-reader"), ("reader", "chardev-victim")]
+)
+def test_gather_tasks_old_pidfile_of_another_command_is_not_killed(
+    fake: FakeSystem, role: str, comm: str
+) -> None:
+    """An old PID file (no start time) whose pid now runs another command: not reported, never killed."""
+    fake.task(845, comm, "D")
+    (task,) = fake.gather({role: fake.pidfile(f"{role}.pid", "845\n")}, kill_wait=0.2)
+    assert fake.kills == []
+    assert task.identity is None and task.state is None
+    assert task.error == (
+        f"pid 845 is {comm!r}, not the {role} ({chardev_crash.ROLE_COMMS[role]!r}): the pid was reused"
+    )
+
+
+def test_gather_tasks_reused_pid_mismatch_through_compare(fake: FakeSystem) -> None:
+    fake.task(845, "bash", "S", starttime=5)
+    (task,) = fake.gather({"victim": fake.pidfile("victim.pid", "845 30845\n")})
+    observed = observed_from([task], parse_kernel_log(parse_kmsg_records(KMSG_6_1)), TAINT_AFTER_CRASH)
+    mismatches = compare(expected_outcome("6.1.0-56-amd64", "read"), observed)
+    assert mismatches == [
+        "victim: pid 845 is another process now (bash, started at tick 5; the victim started at tick 30845), "
+        "expected state X (" + expected_outcome("6.1.0-56-amd64", "read")["tasks"]["victim"]["why"] + ")"
+    ]
+    assert observed["oops_of_victim"] is True  # the oops was the victim's: only the pid was reused since
+    assert fake.kills == []
 
 
 # --- the Ansible module end to end --------------------------------------------------------------------
@@ -610,8 +789,8 @@ def crashed_6_1(fake: FakeSystem, monkeypatch: pytest.MonkeyPatch) -> FakeSystem
     """A 6.1 system after the splice crash, as the module sees it."""
     fake.task(845, "chardev-victim", "X")
     fake.task(846, "chardev-reader", "D", "pipe_read", b"python3\x00chardev_victim.py\x00splice\x00")
-    fake.pidfile("victim.pid", "845\n")
-    fake.pidfile("reader.pid", "846\n")
+    fake.pidfile("victim.pid", fake.entry(845))
+    fake.pidfile("reader.pid", fake.entry(846))
     (fake.root / "proc/sys/kernel").mkdir(parents=True)
     (fake.root / "proc/sys/kernel/tainted").write_text(f"{TAINT_AFTER_CRASH}\n")
     (fake.root / "sys/kernel").mkdir(parents=True)
@@ -632,10 +811,7 @@ def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict
 
 def module_args(fake: FakeSystem, **extra: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "pidfiles": {
-            "victim": str(fake.root / "run/victim.pid"),
-            "reader": str(fake.root / "run/reader.pid"),
-        },
+        "run_dir": str(fake.root / "run"),
         "mode": "splice",
         "kernel_release": "6.1.0-56-amd64",
         "kill_wait": 0.3,
@@ -656,7 +832,11 @@ def test_module_as_expected(crashed_6_1: FakeSystem, capsys: pytest.CaptureFixtu
         ("reader", "D", True),
     ]
     assert result["tasks"][1]["wchan"] == "pipe_read"
+    assert [t["identity"] for t in result["tasks"]] == ["starttime", "starttime"]
     assert result["oops"] is True and result["oops_headlines"] == 2
+    assert result["oops_tasks"] == [{"pid": 845, "comm": "chardev-victim"}]
+    assert result["observed"]["oops_of_victim"] is True
+    assert result["expected"]["markers"]["oops_of_victim"] is True
     assert result["oops_lines"][0].startswith("BUG: unable to handle page fault for address:")
     assert len(result["oops_lines"]) <= 20
     assert result["recursive_fault"] is True
@@ -670,6 +850,50 @@ def test_module_as_expected(crashed_6_1: FakeSystem, capsys: pytest.CaptureFixtu
     assert result["observed"]["taint_die"] is True
     assert result["msg"] == "crash evidence as expected for 6.1.0-56-amd64 (splice)"
     assert crashed_6_1.kills == [(845, signal.SIGKILL), (846, signal.SIGKILL)]
+
+
+def test_module_read_mode_watches_only_the_victim(
+    crashed_6_1: FakeSystem, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run_dir + mode give the PID files: read mode has no pipe reader, so reader.pid is not looked at."""
+    result = run_module(module_args(crashed_6_1, mode="read"), capsys)
+    assert [t["role"] for t in result["tasks"]] == ["victim"]
+    assert result["tasks"][0]["pidfile"] == str(crashed_6_1.root / "run/victim.pid")
+    assert crashed_6_1.kills == [(845, signal.SIGKILL)]
+    assert result["as_expected"] is True, result["mismatches"]
+
+
+def test_module_never_kills_a_reused_pid(crashed_6_1: FakeSystem, capsys: pytest.CaptureFixture[str]) -> None:
+    """The victim's and the reader's pids now belong to other processes (other start times)."""
+    for pid, comm in ((845, "chardev-victim"), (846, "chardev-reader")):
+        (crashed_6_1.root / f"proc/{pid}/stat").write_text(stat_line(pid, comm, "D", 7))
+    result = run_module(module_args(crashed_6_1), capsys)
+    assert crashed_6_1.kills == []
+    assert result["as_expected"] is False
+    assert [(t["pid"], t["state"], t["identity"], t["kill_sent"]) for t in result["tasks"]] == [
+        (845, None, None, False),
+        (846, None, None, False),
+    ]
+    assert result["mismatches"][0].startswith(
+        "victim: pid 845 is another process now (chardev-victim, started at tick 7"
+    )
+    assert result["mismatches"][1].startswith("reader: pid 846 is another process now")
+
+
+def test_module_oops_of_another_task(
+    crashed_6_1: FakeSystem, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An oops whose PID: is not the victim's: reported as a mismatch."""
+    records = [
+        line.replace("PID: 845 Comm: chardev-victim", "PID: 17 Comm: kworker/0:1") for line in KMSG_6_1
+    ]
+    monkeypatch.setattr(
+        chardev_crash_evidence, "read_kernel_log", lambda: (parse_kmsg_records(records), "/dev/kmsg")
+    )
+    result = run_module(module_args(crashed_6_1), capsys)
+    assert result["oops_tasks"] == [{"pid": 17, "comm": "kworker/0:1"}]
+    assert result["observed"]["oops_of_victim"] is False
+    assert result["mismatches"] == ["missing: an oops in the victim's own task (PID: <victim> in the oops)"]
 
 
 def test_module_mismatch_does_not_fail(crashed_6_1: FakeSystem, capsys: pytest.CaptureFixture[str]) -> None:
@@ -834,6 +1058,45 @@ def zero_is_a_chardev() -> bool:
         return False
 
 
+def live_pidfile_entry(path: Path, comm: str) -> int:
+    """Check a PID file of the running victim program: "PID STARTTIME", the start time being that of the
+    live process (field 22 of its /proc/<pid>/stat), which the lab's identity check accepts."""
+    text = path.read_text()
+    assert text.endswith("\n") and len(text.split()) == 2, text
+    pid, starttime = (int(field) for field in text.split())
+    assert chardev_crash.read_pidfile_entry(str(path)) == (pid, starttime)
+    assert chardev_crash.read_pidfile(str(path)) == pid
+    live = chardev_crash.read_task_state("/", pid)
+    assert live is not None, f"pid {pid} is not running"
+    assert live.starttime == starttime
+    assert live.comm == comm
+    assert chardev_crash.identify(comm.removeprefix("chardev-"), live, starttime) == ("starttime", None)
+    return pid
+
+
+def test_victim_pidfile_entry_is_pid_and_starttime() -> None:
+    """pidfile_entry() of this very process: its pid and the start time in /proc/self/stat."""
+    entry = chardev_victim.pidfile_entry()
+    pid, starttime = (int(field) for field in entry.split())
+    assert entry == f"{pid} {starttime}\n"
+    assert pid == os.getpid()
+    me = chardev_crash.read_task_state("/", os.getpid())
+    assert me is not None and me.starttime == starttime
+
+
+def test_victim_pidfile_entry_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a readable /proc/self/stat the PID file holds the pid alone (identified by comm)."""
+    real_open = open
+
+    def no_proc(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path) == "/proc/self/stat":
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert chardev_victim.pidfile_entry() == f"{os.getpid()}\n"
+
+
 @pytest.mark.skipif(not zero_is_a_chardev(), reason="needs /dev/zero")
 @pytest.mark.parametrize("mode", ["read", "splice"])
 def test_victim_without_crash_exits_4(mode: str, tmp_path: Path) -> None:
@@ -860,10 +1123,11 @@ def test_victim_without_crash_exits_4(mode: str, tmp_path: Path) -> None:
     started = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert started.returncode == 0, started.stderr
     assert "chardev victim ready" in started.stdout
-    victim = int((run / "victim.pid").read_text())
+    victim = live_pidfile_entry(run / "victim.pid", "chardev-victim")
     assert (run / "ready").read_text().startswith(f"victim={victim}")
+    assert f"pid {victim}," in started.stdout
     if mode == "splice":
-        reader = int((run / "reader.pid").read_text())
+        reader = live_pidfile_entry(run / "reader.pid", "chardev-reader")
         assert reader != victim
     (run / "go").touch()
     log = run / "victim.log"

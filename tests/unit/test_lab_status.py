@@ -42,6 +42,8 @@ class FakeHost:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nodes: dict[str, Any] = {}
+        #: The kernel log the probe reads (the real one is never read by these tests).
+        self.log: list[str] = []
 
     def write(self, path: str, text: str) -> None:
         target = self.root / path.lstrip("/")
@@ -87,12 +89,12 @@ class FakeHost:
         raise FileNotFoundError(path)
 
     def probe(self, **params: Any) -> dict[str, Any]:
-        return probe(str(self.root), {**PROBE_DEFAULTS, **params}, self.lstat)
+        return probe(str(self.root), {**PROBE_DEFAULTS, **params}, self.lstat, lambda: self.log)
 
 
 PROBE_DEFAULTS: dict[str, Any] = {
     "device": "/dev/chardev",
-    "crash_record": "/run/chardev-lab/crashed.json",
+    "crash_run_dir": "/run/chardev-lab",
     "stuck_comm_prefixes": ["chardev", "python", "cat"],
     "max_tasks": 50,
 }
@@ -136,12 +138,15 @@ def test_probe_ready_host(ready: FakeHost) -> None:
         "node": "character device 240:0",
         "crashed": False,
         "crash_reasons": [],
+        "crash_phase": "fresh",
         "crash_record": None,
         "oops_count": 0,
         "stuck_tasks": [],
         "stuck_count": 0,
         "tainted": TAINT_UNSIGNED_MODULE,
         "taint_letters": "OE",
+        "taint_baseline": None,
+        "new_taint": TAINT_UNSIGNED_MODULE,
         "reboot_required": False,
     }
 
@@ -155,7 +160,7 @@ def test_probe_crashed_6_1_with_an_x_victim(host: FakeHost) -> None:
     result = host.probe()
     assert result["crashed"] is True
     assert result["crash_reasons"] == [
-        "crash record /run/chardev-lab/crashed.json",
+        "crash record /run/chardev-lab/crashed.json (crashed)",
         "taint flag D (oops)",
         "oops_count 2",
     ]
@@ -328,8 +333,8 @@ def test_row_crashed(host: FakeHost) -> None:
     row = build_row("lab-vm-1", None, probe_result(host), ("passed", []))
     assert row["state"] == "crashed"
     assert row["reason"] == (
-        "crash record /run/chardev-lab/crashed.json; taint flag D (oops); oops_count 2; 1 stuck task; "
-        "reset: playbooks/reset.yml"
+        "crash record /run/chardev-lab/crashed.json (crashed); taint flag D (oops); oops_count 2; "
+        "1 stuck task; reset: playbooks/reset.yml"
     )
     assert row["stuck_tasks"] == [{"pid": 1576, "state": "X", "comm": "python3", "wchan": None}]
 

@@ -4,22 +4,26 @@ roles/chardev_crash/module_utils/chardev_crash.py."""
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from chardev_crash import (
     READER_WCHAN_PATTERNS,
+    RUN_DIR,
     expected_outcome,
     parse_kernel_log,
     parse_proc_stat,
     parse_stack,
     parse_wchan,
+    run_files,
     taint_letters,
 )
 from fleet_status import by_host, check_page_matches, refresh_status
-from lab_testinfra import evidence, phase
+from lab_testinfra import evidence, phase, run_playbook
 
-RUN_DIR = "/run/chardev-lab"
 CRASHED = phase() == "crashed"
+PROJECT = Path(__file__).resolve().parents[3]
+FILES = run_files(RUN_DIR)
 
 
 def mode_of(host) -> str:
@@ -27,7 +31,24 @@ def mode_of(host) -> str:
 
 
 def pid_of(host, role: str) -> int:
-    return int(host.file(f"{RUN_DIR}/{role}.pid").content_string.strip())
+    """The pid in the role's PID file ("PID STARTTIME", as the victim program writes it)."""
+    return int(host.file(FILES[role]).content_string.split()[0])
+
+
+def oops_count(host) -> str:
+    """The kernel's own count of oopses (5.10 has no oops_count: the log's headlines are counted)."""
+    if host.file("/sys/kernel/oops_count").exists:
+        return host.file("/sys/kernel/oops_count").content_string.strip()
+    return f"{parse_kernel_log(host.run('dmesg').stdout).oops_headlines} headlines"
+
+
+def read_pidfile_entry_on(host, path: str) -> tuple[int, int | None]:
+    fields = host.file(path).content_string.split()
+    return int(fields[0]), int(fields[1]) if len(fields) > 1 else None
+
+
+def tainted_of(host) -> int:
+    return int(host.file("/proc/sys/kernel/tainted").content_string)
 
 
 def state_of(host, pid: int) -> str | None:
@@ -94,11 +115,50 @@ class TestCrashed:
         tainted = int(host.file("/proc/sys/kernel/tainted").content_string)
         assert "D" in taint_letters(tainted), tainted
 
+    def test_the_oops_is_the_victims(self, host):
+        """The kernel log's oops names the victim's own task (PID: and Comm: of the oops)."""
+        log = parse_kernel_log(host.run("dmesg").stdout)
+        victim = pid_of(host, "victim")
+        assert (victim, "chardev-victim") in log.oops_tasks, (victim, log.oops_tasks)
+
+    def test_the_pid_files_name_the_stuck_tasks_by_start_time(self, host):
+        for role in expectation(host)["tasks"]:
+            pid, starttime = read_pidfile_entry_on(host, FILES[role])
+            assert starttime is not None, f"{role}: no start time in {FILES[role]}"
+            assert parse_proc_stat(host.run(f"cat /proc/{pid}/stat").stdout).starttime == starttime, role
+
     def test_module_is_gone_and_the_record_matches(self, host):
         assert not host.file("/sys/module/chardev").exists
-        record = json.loads(host.file(f"{RUN_DIR}/crashed.json").content_string)
+        record = json.loads(host.file(FILES["record"]).content_string)
         assert record["as_expected"], record["mismatches"]
         assert record["mode"] == mode_of(host)
+        assert record["state"] == "crashed"
+        # Marked before the rmmod, completed after the evidence.
+        assert record["marked_at"] <= record["crashed_at"], record
+        assert record["observed"]["oops_of_victim"] is True, record["observed"]
+
+    def test_a_lost_record_never_crashes_again(self, host):
+        """The kernel's own word wins: with the record gone, the crash play recognises the crash (taint D,
+        oops count, recursive fault), completes the record from the evidence and crashes nothing again.
+        The settle time is given on the command line as a string, as users do. Last in the class: it
+        rewrites the record. On the read VMs only (one per kernel); splice takes the same path."""
+        if mode_of(host) != "read":
+            pytest.skip("one VM per kernel is enough")
+        before = (pid_of(host, "victim"), oops_count(host), tainted_of(host))
+        record = json.loads(host.file(FILES["record"]).content_string)
+        assert host.run(f"rm -f {FILES['record']}").rc == 0
+        run = run_playbook(host, PROJECT / "playbooks/crash.yml", "-e", "chardev_crash_settle_timeout=30")
+        name = host.backend.get_hostname()
+        assert run.rc == 0, str(run)
+        assert "no complete record says so: it is not crashed again" in run.messages(name), str(run)
+        assert (
+            run.task(name, "Load the crash variant (it replaces any other build that is not in use)") == {}
+        ), str(run)
+        assert (pid_of(host, "victim"), oops_count(host), tainted_of(host)) == before
+        assert "chardev" not in host.run("lsmod").stdout
+        recovered = json.loads(host.file(FILES["record"]).content_string)
+        assert recovered["state"] == "crashed" and recovered["as_expected"], recovered
+        assert recovered["mode"] == record["mode"]
 
 
 @pytest.mark.skipif(CRASHED, reason="checked after the reset")
@@ -117,6 +177,6 @@ class TestReset:
             line for line in states if line.startswith("X") or (line.startswith("D") and "chardev" in line)
         ]
         assert not stuck, stuck
-        assert not host.file(f"{RUN_DIR}/crashed.json").exists
+        assert not host.file(FILES["record"]).exists
         # A new kernel: this boot never loaded the module.
         assert "chardev" not in host.run("dmesg").stdout

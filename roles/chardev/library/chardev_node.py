@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: manage the /dev node of a character device driver found in /proc/devices."""
 
 from __future__ import annotations

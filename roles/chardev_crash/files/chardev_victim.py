@@ -142,6 +142,17 @@ def write_file_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def pidfile_entry() -> str:
+    """ "PID STARTTIME" of this process: the start time (field 22 of /proc/self/stat, clock ticks after
+    boot) lets the lab tell this process from a later one that got the same pid."""
+    try:
+        with open("/proc/self/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+        return f"{os.getpid()} {int(fields[19])}\n"
+    except (OSError, IndexError, ValueError):
+        return f"{os.getpid()}\n"
+
+
 def remove_if_present(path: str | None) -> None:
     if not path:
         return
@@ -261,7 +272,7 @@ def reader_main(read_fd: int, pidfile: str, victim_pid: int) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     flags = fcntl.fcntl(read_fd, fcntl.F_GETFL)
     fcntl.fcntl(read_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    write_file_atomic(pidfile, f"{os.getpid()}\n")
+    write_file_atomic(pidfile, pidfile_entry())
     log("reader", f"polling the pipe (victim {victim_pid})")
     while True:
         try:
@@ -326,7 +337,7 @@ def victim_main(args: argparse.Namespace, status_fd: int | None = None) -> int:
         else:
             write_fd = -1
         fd = open_device(args.device)
-        write_file_atomic(args.pidfile, f"{os.getpid()}\n")
+        write_file_atomic(args.pidfile, pidfile_entry())
         trigger = Trigger(args.trigger_file)
         ready = f"victim={os.getpid()}" + (f" reader={reader_pid}" if reader_pid else "") + "\n"
         write_file_atomic(args.ready_file, ready)
@@ -391,7 +402,7 @@ def detach(args: argparse.Namespace) -> int:
     os.close(status_r)
     if message.startswith("ready"):
         with open(args.pidfile, encoding="ascii") as handle:
-            victim = handle.read().strip()
+            victim = handle.read().split()[0]
         print(f"chardev victim ready ({args.mode} mode): pid {victim}, log {args.log}")
         return EXIT_OK
     reason = message or f"no answer within {args.ready_timeout:g} s"

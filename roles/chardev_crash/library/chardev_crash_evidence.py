@@ -24,12 +24,14 @@ description:
 author:
   - chardev-lab contributors
 options:
-  pidfiles:
+  run_dir:
     description:
-      - Role name to PID file path, for example V(victim) and V(reader).
-      - The roles V(victim) and, in C(splice) mode, V(reader) are judged; other roles are only reported.
-    type: dict
-    required: true
+      - The crash role's run directory on the target, where the victim program wrote its PID files
+        (C(victim.pid), and C(reader.pid) in C(splice) mode).
+      - A PID file holds the pid and the task's start time; a task whose start time differs (the pid was
+        reused) is not taken for the victim, so it is never signalled.
+    type: path
+    default: /run/chardev-lab
   mode:
     description:
       - How the victim used the file after the module was removed.
@@ -89,9 +91,7 @@ seealso:
 EXAMPLES = r"""
 - name: Gather the crash evidence
   chardev_crash_evidence:
-    pidfiles:
-      victim: /run/chardev-lab/victim.pid
-      reader: /run/chardev-lab/reader.pid
+    run_dir: /run/chardev-lab
     mode: splice
   register: __chardev_crash_evidence
 
@@ -102,8 +102,6 @@ EXAMPLES = r"""
 
 - name: Look only, without the kill test
   chardev_crash_evidence:
-    pidfiles:
-      victim: /run/chardev-lab/victim.pid
     mode: read
     kill_test: false
 """
@@ -131,6 +129,7 @@ tasks:
       wchan: null
       stack: []
       cmdline: []
+      identity: starttime
       kill_sent: true
       killed_but_alive: true
       state_after_kill: X
@@ -143,6 +142,7 @@ tasks:
       wchan: pipe_read
       stack: [pipe_read, new_sync_read, vfs_read, ksys_read, do_syscall_64]
       cmdline: [python3, /usr/local/lib/chardev-lab/chardev_victim.py, splice]
+      identity: starttime
       kill_sent: true
       killed_but_alive: true
       state_after_kill: D
@@ -166,6 +166,14 @@ oops_lines:
     - "BUG: unable to handle page fault for address: ffffffffc0a2e2c0"
     - "#PF: supervisor read access in kernel mode"
     - "Oops: 0000 [#1] PREEMPT SMP NOPTI"
+oops_tasks:
+  description:
+    - The task each oops happened in (C(PID:) and C(Comm:) of the oops), in log order; the crash is the
+      victim's when its pid is among them.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{pid: 812, comm: chardev-victim}, {pid: 812, comm: chardev-victim}]
 recursive_fault:
   description: Whether the kernel log holds C(Fixing recursive fault but reboot is needed!).
   returned: always
@@ -219,7 +227,8 @@ expected:
     tasks:
       victim: {state: X, wchan_patterns: [], unkillable: true, why: "..."}
       reader: {state: D, wchan_patterns: [pipe_read, mutex, lock], unkillable: true, why: "..."}
-    markers: {oops: true, recursive_fault: true, last_unloaded_chardev: true, taint_die: true}
+    markers:
+      {oops: true, oops_of_victim: true, recursive_fault: true, last_unloaded_chardev: true, taint_die: true}
 observed:
   description: What was seen, in the shape that the expectation is compared with.
   returned: always
@@ -229,6 +238,8 @@ observed:
       victim:
         {pid: 812, state: X, wchan: null, stack: [], killed_but_alive: true, state_after_kill: X, error: null}
     oops: true
+    oops_of_victim: true
+    oops_tasks: [{pid: 812, comm: chardev-victim}]
     recursive_fault: true
     last_unloaded_chardev: true
     taint_die: true
@@ -256,7 +267,7 @@ msg:
 """
 
 import os
-import subprocess
+import subprocess  # noqa: F401 - tests replace subprocess.run, which read_kernel_log_lines calls
 import time
 from collections.abc import Callable
 from typing import Any
@@ -270,10 +281,10 @@ from ansible.module_utils.chardev_crash import (
     gather_tasks,
     observed_from,
     parse_kernel_log,
-    parse_kmsg_records,
     parse_oops_count,
     parse_tainted,
-    read_kmsg,
+    pidfiles_for,
+    read_kernel_log_lines,
     read_optional,
     taint_letters,
     task_to_dict,
@@ -292,23 +303,7 @@ SLEEP: Callable[[float], None] = time.sleep
 
 def read_kernel_log() -> tuple[list[str], str]:
     """Kernel log lines and their source: /dev/kmsg (non-blocking), else dmesg (bounded), else none."""
-    try:
-        return parse_kmsg_records(read_kmsg(KMSG_PATH)), KMSG_PATH
-    except OSError:
-        pass
-    try:
-        done = subprocess.run(
-            ["dmesg"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=DMESG_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return [], "none"
-    if done.returncode != 0:
-        return [], "none"
-    return done.stdout.decode("utf-8", errors="replace").splitlines(), "dmesg"
+    return read_kernel_log_lines(KMSG_PATH, DMESG_TIMEOUT)
 
 
 def wait_until_stuck(pidfiles: dict[str, str], judged: set[str], settle: float) -> None:
@@ -326,7 +321,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     release = params.get("kernel_release") or os.uname().release
     expected = expected_outcome(release, params["mode"])
     kill_test = bool(params["kill_test"]) and not check_mode
-    pidfiles = {str(role): str(path) for role, path in params["pidfiles"].items()}
+    pidfiles = pidfiles_for(params["mode"], params["run_dir"])
     wait_until_stuck(pidfiles, set(expected["tasks"]), float(params.get("settle") or 0))
     tasks = gather_tasks(
         pidfiles,
@@ -355,6 +350,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         "oops": log.oops,
         "oops_headlines": log.oops_headlines,
         "oops_lines": log.oops_lines,
+        "oops_tasks": observed["oops_tasks"],
         "recursive_fault": log.recursive_fault,
         "last_unloaded_chardev": log.last_unloaded_chardev,
         "kernel_log_source": source,
@@ -376,7 +372,7 @@ def make_module() -> AnsibleModule:
     """The AnsibleModule with this module's argument spec."""
     return AnsibleModule(
         argument_spec={
-            "pidfiles": {"type": "dict", "required": True},
+            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
             "mode": {"type": "str", "choices": list(MODES), "required": True},
             "kill_test": {"type": "bool", "default": True},
             "kill_wait": {"type": "float", "default": 2.0},

@@ -21,9 +21,11 @@ and pipes are never read.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,8 @@ from typing import Any
 MODES = ("read", "splice")
 ROLE_VICTIM = "victim"
 ROLE_READER = "reader"
+#: The command name (comm) chardev_victim.py gives each of its processes.
+ROLE_COMMS = {ROLE_VICTIM: "chardev-victim", ROLE_READER: "chardev-reader"}
 
 # ---------------------------------------------------------------------------------------------------------
 # The one table of expected outcomes
@@ -40,9 +44,11 @@ ROLE_READER = "reader"
 # Source: /work/shared/design/kernel-facts.md, "The crash, measured" (Debian kernels under QEMU):
 #
 #   kernel   | read(): victim | splice into a pipe: victim / pipe reader
-#   5.10     | D (measured)   | not measured (D expected, same exit path) / D expected
-#   6.1      | X (measured)   | X / D in pipe_read (measured)
-#   6.12     | X (expected)   | X / D in pipe_read (measured)
+#   5.10     | D              | D / D (wchan 0: the stack shows pipe_read)
+#   6.1      | X              | X / D in pipe_read
+#   6.12     | X              | X / D in pipe_read
+#
+# Every cell is measured: the crash scenario (molecule/crash) checks all six on real VMs in CI.
 #
 # Why the victim ends in D or X. After `rmmod` of the crash variant (no .owner, no try_module_get), the
 # open file's f_op still points into the freed module. The victim's next system call on the file reads
@@ -128,7 +134,13 @@ def expected_outcome(kernel_release: str, mode: str) -> dict[str, Any]:
         "kernel_version": list(version),
         "mode": mode,
         "tasks": tasks,
-        "markers": {"oops": True, "recursive_fault": True, "last_unloaded_chardev": True, "taint_die": True},
+        "markers": {
+            "oops": True,
+            "oops_of_victim": True,
+            "recursive_fault": True,
+            "last_unloaded_chardev": True,
+            "taint_die": True,
+        },
     }
 
 
@@ -145,6 +157,8 @@ class ProcStat:
     comm: str
     state: str
     ppid: int
+    #: Clock ticks after boot at which the task started (field 22): with the pid, who the task is.
+    starttime: int | None = None
 
 
 def parse_proc_stat(text: str) -> ProcStat:
@@ -160,11 +174,14 @@ def parse_proc_stat(text: str) -> ProcStat:
     rest = text[close_paren + 1 :].split()
     if len(rest) < 2:
         raise ValueError(f"truncated /proc/<pid>/stat line: {text[:80]!r}")
+    # rest[0] is field 3 (state), so field N is rest[N - 3]; starttime is field 22.
+    starttime = int(rest[19]) if len(rest) > 19 and rest[19].isdigit() else None
     return ProcStat(
         pid=int(text[:open_paren].strip()),
         comm=text[open_paren + 1 : close_paren],
         state=rest[0],
         ppid=int(rest[1]),
+        starttime=starttime,
     )
 
 
@@ -207,6 +224,9 @@ OOPS_HEADLINES = (
     "BUG: unable to handle kernel NULL pointer dereference",
 )
 RECURSIVE_FAULT_MARKER = "Fixing recursive fault but reboot is needed!"
+# "CPU: 0 PID: 845 Comm: chardev-victim Tainted: ..." (6.12 adds "UID: 0 " before PID): the task the
+# oops happened in. The oops is the victim's when this pid is the victim's.
+_OOPS_TASK_RE = re.compile(r"\bPID: (\d+) Comm: (.*?) (?:Tainted:|Not tainted)")
 LAST_UNLOADED_MARKER = "[last unloaded: chardev"
 
 # "[  123.456789] " (dmesg) at the start of a line.
@@ -242,6 +262,8 @@ class KernelLogEvidence:
     oops_lines: list[str] = field(default_factory=list)
     recursive_fault: bool = False
     last_unloaded_chardev: bool = False
+    #: (pid, comm) of the task each oops happened in, in log order.
+    oops_tasks: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _is_headline(line: str) -> bool:
@@ -265,6 +287,9 @@ def parse_kernel_log(text: str | Sequence[str], max_lines: int = 20) -> KernelLo
                 first = index
         if RECURSIVE_FAULT_MARKER in line:
             evidence.recursive_fault = True
+        task = _OOPS_TASK_RE.search(line)
+        if task and first is not None:
+            evidence.oops_tasks.append((int(task.group(1)), task.group(2)))
         if LAST_UNLOADED_MARKER in line:
             evidence.last_unloaded_chardev = True
     if first is not None:
@@ -356,9 +381,8 @@ def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[st
             continue
         state = seen.get("state")
         if state is None:
-            mismatches.append(
-                f"{role}: pid {seen['pid']} is not in /proc, expected state {want['state']} ({want['why']})"
-            )
+            gone = seen.get("error") or f"pid {seen['pid']} is not in /proc"
+            mismatches.append(f"{role}: {gone}, expected state {want['state']} ({want['why']})")
             continue
         if state != want["state"]:
             mismatches.append(
@@ -384,6 +408,7 @@ def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[st
         "recursive_fault": f'"{RECURSIVE_FAULT_MARKER}" in the kernel log',
         "last_unloaded_chardev": f'"{LAST_UNLOADED_MARKER}" in the kernel log',
         "taint_die": "taint flag D (128) in /proc/sys/kernel/tainted",
+        "oops_of_victim": "an oops in the victim's own task (PID: <victim> in the oops)",
     }
     for marker, want_value in expected.get("markers", {}).items():
         if bool(observed.get(marker)) != bool(want_value):
@@ -409,6 +434,9 @@ class TaskEvidence:
     wchan: str | None = None
     stack: list[str] = field(default_factory=list)
     cmdline: list[str] = field(default_factory=list)
+    #: How the task was known to be the one its pidfile names: "starttime" (pid and start time, as the
+    #: victim wrote them), "comm" (an older pidfile without start time: the command name), or None.
+    identity: str | None = None
     kill_sent: bool = False
     killed_but_alive: bool | None = None
     state_after_kill: str | None = None
@@ -436,14 +464,42 @@ def proc_path(root: str, pid: int, name: str) -> str:
     return os.path.join(root, "proc", str(pid), name)
 
 
-def read_pidfile(path: str) -> int:
-    """The pid in a pidfile; raises OSError/ValueError."""
+def read_pidfile_entry(path: str) -> tuple[int, int | None]:
+    """The pid in a pidfile and, when the writer recorded it, the task's start time ("PID STARTTIME",
+    as chardev_victim.py writes it); raises OSError/ValueError."""
     with open(path, encoding="ascii") as handle:
         text = handle.read().strip()
-    pid = int(text.split()[0]) if text else 0
+    fields = text.split()
+    pid = int(fields[0]) if fields else 0
     if pid <= 1:
         raise ValueError(f"pidfile {path} holds no usable pid ({text!r})")
-    return pid
+    starttime = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return pid, starttime
+
+
+def read_pidfile(path: str) -> int:
+    """The pid in a pidfile; raises OSError/ValueError."""
+    return read_pidfile_entry(path)[0]
+
+
+def identify(role: str, stat: ProcStat, starttime: int | None) -> tuple[str | None, str | None]:
+    """Whether the live task is the one its pidfile was written for: (how it was known, or None; why not).
+
+    The pid and start time together name one task for the whole boot; a pidfile without a start time
+    (an older victim) falls back to the command name chardev_victim.py sets. A pid reused by another
+    process is never taken for the victim, so it is never signalled.
+    """
+    if starttime is not None:
+        if stat.starttime == starttime:
+            return "starttime", None
+        return None, (
+            f"pid {stat.pid} is another process now ({stat.comm}, started at tick {stat.starttime}; "
+            f"the {role} started at tick {starttime})"
+        )
+    expected = ROLE_COMMS.get(role)
+    if expected is None or stat.comm == expected:
+        return "comm", None
+    return None, f"pid {stat.pid} is {stat.comm!r}, not the {role} ({expected!r}): the pid was reused"
 
 
 def read_task_state(root: str, pid: int) -> ProcStat | None:
@@ -479,13 +535,17 @@ def gather_tasks(
         task = TaskEvidence(role=role, pidfile=str(pidfile))
         results.append(task)
         try:
-            task.pid = read_pidfile(str(pidfile))
+            task.pid, starttime = read_pidfile_entry(str(pidfile))
         except (OSError, ValueError) as exc:
             task.error = f"cannot read pidfile {pidfile}: {exc}"
             continue
         stat = read_task_state(root, task.pid)
         if stat is None:
             task.error = f"pid {task.pid} is not in /proc"
+            continue
+        task.identity, why_not = identify(role, stat, starttime)
+        if task.identity is None:
+            task.error = why_not
             continue
         task.comm, task.state = stat.comm, stat.state
         task.wchan = parse_wchan(_read_text(proc_path(root, task.pid, "wchan")) or "")
@@ -525,6 +585,7 @@ def observed_from(
     tasks: Sequence[TaskEvidence], log: KernelLogEvidence, tainted: int | None
 ) -> dict[str, Any]:
     """The observation dict that compare() takes."""
+    victim_pid = next((task.pid for task in tasks if task.role == ROLE_VICTIM), None)
     return {
         "tasks": {
             task.role: {
@@ -539,6 +600,8 @@ def observed_from(
             for task in tasks
         },
         "oops": log.oops,
+        "oops_of_victim": victim_pid is not None and victim_pid in {pid for pid, _ in log.oops_tasks},
+        "oops_tasks": [{"pid": pid, "comm": comm} for pid, comm in log.oops_tasks],
         "recursive_fault": log.recursive_fault,
         "last_unloaded_chardev": log.last_unloaded_chardev,
         "taint_die": bool(tainted is not None and tainted & TAINT_DIE),
@@ -586,3 +649,211 @@ def read_kmsg(
 def read_optional(path: str) -> str | None:
     """The text of a file, or None when it does not exist or cannot be read."""
     return _read_text(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The crash state of a host: the one place that knows where it lives and what it means
+# ---------------------------------------------------------------------------------------------------------
+#
+# The role's files on the target live in one run directory on tmpfs (a reboot clears them):
+#   crashed.json     the record: written with state "unloading" BEFORE the rmmod (so an interrupted run
+#                    is known), completed with state "crashed" and the evidence after it;
+#   victim.pid, reader.pid   "PID STARTTIME" of the victim and (splice mode) its pipe reader;
+#   ready, trigger, victim.log, chardev_victim.py   the victim program's files.
+# The record is the lab's own word; the kernel's word wins over it: taint flag D, an oops count above
+# zero or a recursive fault in the kernel log since boot mean "crashed", whatever the record says, so a
+# lost record never leads to a second crash of a damaged kernel.
+
+RUN_DIR = "/run/chardev-lab"
+RECORD_NAME = "crashed.json"
+RECORD_UNLOADING = "unloading"
+RECORD_CRASHED = "crashed"
+#: Where the taint of the kernel before the lab is kept (persistent: a reset reboots a real host).
+TAINT_BASELINE_PATH = "/var/lib/chardev-lab/taint-before-lab.json"
+#: Taint bits loading chardev itself sets (O out-of-tree, E unsigned): never part of a baseline.
+TAINT_LAB = (1 << 12) | (1 << 13)
+
+#: What a crash run leaves behind, by phase:
+#:   fresh     nothing: the host may be crashed;
+#:   leftover  a victim of an interrupted run still holds the device, the module still loaded: stop it,
+#:             then fresh;
+#:   armed     the module was removed under a live victim (a run interrupted between rmmod and trigger):
+#:             the kernel is intact, and the next use of the file crashes it; the run goes on from the
+#:             trigger instead of building and loading again;
+#:   recover   the kernel crashed but the record is not complete (interrupted, failed or lost): gather the
+#:             evidence again and complete the record; never crash again;
+#:   done      the record is complete: report it.
+PHASES = ("fresh", "leftover", "armed", "recover", "done")
+
+
+def run_files(run_dir: str = RUN_DIR) -> dict[str, str]:
+    """The crash role's files in its run directory on the target, by name."""
+    return {
+        "record": os.path.join(run_dir, RECORD_NAME),
+        ROLE_VICTIM: os.path.join(run_dir, "victim.pid"),
+        ROLE_READER: os.path.join(run_dir, "reader.pid"),
+        "ready": os.path.join(run_dir, "ready"),
+        "trigger": os.path.join(run_dir, "trigger"),
+        "log": os.path.join(run_dir, "victim.log"),
+        "program": os.path.join(run_dir, "chardev_victim.py"),
+    }
+
+
+def pidfiles_for(mode: str, run_dir: str = RUN_DIR) -> dict[str, str]:
+    """The pidfile of each watched task: the victim, and in splice mode its pipe reader."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+    files = run_files(run_dir)
+    roles = (ROLE_VICTIM, ROLE_READER) if mode == "splice" else (ROLE_VICTIM,)
+    return {role: files[role] for role in roles}
+
+
+def parse_record(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The crash record and why it could not be read: (None, None) without one; ({}, why) for a broken one."""
+    if text is None:
+        return None, None
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        return {}, f"not JSON ({exc})"
+    if not isinstance(record, dict):
+        return {}, "not a JSON object"
+    return record, None
+
+
+def read_kernel_log_lines(kmsg_path: str = "/dev/kmsg", dmesg_timeout: float = 15) -> tuple[list[str], str]:
+    """Kernel log lines and their source: /dev/kmsg (non-blocking), else dmesg (bounded), else "none"."""
+    try:
+        return parse_kmsg_records(read_kmsg(kmsg_path)), kmsg_path
+    except OSError:
+        pass
+    try:
+        done = subprocess.run(
+            ["dmesg"], stdin=subprocess.DEVNULL, capture_output=True, timeout=dmesg_timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return [], "none"
+    if done.returncode != 0:
+        return [], "none"
+    return done.stdout.decode("utf-8", errors="replace").splitlines(), "dmesg"
+
+
+def _under(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _read_int(root: str, path: str) -> int | None:
+    text = _read_text(_under(root, path))
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def parse_taint_baseline(text: str | None) -> dict[str, Any] | None:
+    """The recorded taint before the lab: {"boot_id", "tainted", "recorded_at"}; None when absent/broken."""
+    record, error = parse_record(text)
+    if record is None or error or not isinstance(record.get("tainted"), int):
+        return None
+    return record
+
+
+def taint_baseline_entry(tainted: int, boot_id: str | None, module_loaded: bool, now: str) -> dict[str, Any]:
+    """What to record as the taint before the lab. chardev's own bits (O, E) are left out when the module
+    is already loaded (a student loaded it by hand first): they are the lab's, not the host's."""
+    return {
+        "boot_id": boot_id,
+        "tainted": tainted & ~TAINT_LAB if module_loaded else tainted,
+        "recorded_at": now,
+    }
+
+
+def crash_state(
+    root: str = "/",
+    run_dir: str = RUN_DIR,
+    log_lines: Sequence[str] | None = None,
+    baseline_path: str = TAINT_BASELINE_PATH,
+) -> dict[str, Any]:
+    """Everything the lab knows about a host's crash, from the record and from the kernel itself.
+
+    log_lines: the kernel log (None: the recursive-fault line is not looked for). Read-only.
+    Returns crashed, reasons, phase (see PHASES), record (+ record_error), the kernel's markers
+    (tainted, taint_die, oops_count, recursive_fault, oops), module_loaded, the watched tasks that are
+    still there (leftovers, identity-checked), the sysctls that would turn an oops into a panic, lockdown,
+    boot_id, and the taint before the lab (taint_baseline, new_taint: the bits set since).
+    """
+    files = run_files(run_dir)
+    record, record_error = parse_record(_read_text(_under(root, files["record"])))
+    tainted = _read_int(root, "/proc/sys/kernel/tainted")
+    oops_count = parse_oops_count(_read_text(_under(root, "/sys/kernel/oops_count")))
+    log = parse_kernel_log(list(log_lines or []))
+    module_loaded = os.path.isdir(_under(root, "/sys/module/chardev"))
+    boot_id = (_read_text(_under(root, "/proc/sys/kernel/random/boot_id")) or "").strip() or None
+    baseline = parse_taint_baseline(_read_text(_under(root, baseline_path)))
+
+    reasons = []
+    if record is not None:
+        state = record.get("state", RECORD_CRASHED) if not record_error else "unreadable"
+        reasons.append(f"crash record {files['record']} ({state})")
+    if tainted is not None and tainted & TAINT_DIE:
+        reasons.append("taint flag D (oops)")
+    if oops_count:
+        reasons.append(f"oops_count {oops_count}")
+    if log.oops:
+        reasons.append("oops in the kernel log")
+    if log.recursive_fault:
+        reasons.append("recursive fault in the kernel log")
+    kernel_crashed = bool(
+        (tainted is not None and tainted & TAINT_DIE) or oops_count or log.recursive_fault or log.oops
+    )
+    # A record that says "unloading" on an intact kernel is a run interrupted before the trigger; a
+    # broken record counts as a crash (the safe side).
+    crashed = kernel_crashed or (
+        record is not None and (bool(record_error) or record.get("state", RECORD_CRASHED) != RECORD_UNLOADING)
+    )
+
+    leftovers = [
+        task_to_dict(task)
+        for task in gather_tasks(
+            {role: _under(root, files[role]) for role in (ROLE_VICTIM, ROLE_READER)}, root, kill_test=False
+        )
+        if task.state is not None
+    ]
+    victim_alive = any(
+        task["role"] == ROLE_VICTIM and task["state"] not in ("D", "X", "Z") for task in leftovers
+    )
+    if crashed:
+        complete = bool(record and not record_error and record.get("state", RECORD_CRASHED) == RECORD_CRASHED)
+        phase = "done" if complete else "recover"
+    elif victim_alive and not module_loaded:
+        phase = "armed"
+    elif victim_alive:
+        phase = "leftover"
+    else:
+        phase = "fresh"
+
+    new_taint = None
+    if tainted is not None:
+        new_taint = tainted & ~(baseline["tainted"] if baseline else 0)
+    return {
+        "crashed": crashed,
+        "reasons": reasons,
+        "phase": phase,
+        "record": record,
+        "record_error": record_error,
+        "record_path": files["record"],
+        "files": files,
+        "tainted": tainted,
+        "taint_die": bool(tainted is not None and tainted & TAINT_DIE),
+        "oops_count": oops_count,
+        "oops": log.oops,
+        "recursive_fault": log.recursive_fault,
+        "module_loaded": module_loaded,
+        "leftovers": leftovers,
+        "panic_on_oops": _read_int(root, "/proc/sys/kernel/panic_on_oops"),
+        "oops_limit": _read_int(root, "/proc/sys/kernel/oops_limit"),
+        "lockdown": (_read_text(_under(root, "/sys/kernel/security/lockdown")) or "").strip() or None,
+        "boot_id": boot_id,
+        "taint_baseline": baseline,
+        "new_taint": new_taint,
+    }

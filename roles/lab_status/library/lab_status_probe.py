@@ -17,9 +17,10 @@ description:
   - Whether the chardev module is loaded (C(/sys/module/chardev)) and which variant
     (C(/sys/module/chardev/version) reads C(1.0-<variant>)).
   - Whether O(device) is a character device whose major equals chardev's major in C(/proc/devices).
-  - The crash state. The host counts as crashed when the crash record that the C(chardev_crash) role
-    leaves exists (O(crash_record)), when the kernel carries the taint flag C(D) (128, an oops), or when
-    C(/sys/kernel/oops_count) is above 0.
+  - The crash state, read by the same code as the C(chardev_crash) role's own M(chardev_crash_state). The
+    host counts as crashed when the crash record that the role leaves in O(crash_run_dir) says so, or,
+    whatever the record says, when the kernel carries the taint flag C(D) (128, an oops),
+    C(/sys/kernel/oops_count) is above 0, or the kernel log since boot holds an oops or a recursive fault.
   - The stuck tasks. These are every task in state C(X), and every task in state C(D) whose command
     name starts with one of O(stuck_comm_prefixes). For each one it returns the pid, state, command name
     and wait channel.
@@ -36,12 +37,12 @@ options:
       - The chardev device node to check.
     type: path
     default: /dev/chardev
-  crash_record:
+  crash_run_dir:
     description:
-      - The record the C(chardev_crash) role writes when it crashed the host (on tmpfs, so a reboot
-        removes it).
+      - The C(chardev_crash) role's run directory, where it keeps its crash record C(crashed.json) (on
+        tmpfs, so a reboot removes it).
     type: path
-    default: /run/chardev-lab/crashed.json
+    default: /run/chardev-lab
   stuck_comm_prefixes:
     description:
       - A task in state C(D) is reported as stuck when its command name starts with one of these.
@@ -131,7 +132,8 @@ node:
   sample: "character device 240:0"
 crashed:
   description:
-    - Whether the crash record exists, the taint flag D is set, or C(/sys/kernel/oops_count) is above 0.
+    - Whether the crash record says so, or the kernel's own markers do (taint flag D,
+      C(/sys/kernel/oops_count) above 0, an oops or a recursive fault in the kernel log).
   returned: always
   type: bool
   sample: false
@@ -140,7 +142,28 @@ crash_reasons:
   returned: always
   type: list
   elements: str
-  sample: ["crash record /run/chardev-lab/crashed.json", "taint flag D (oops)", "oops_count 2"]
+  sample: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)", "oops_count 2"]
+crash_phase:
+  description:
+    - Where the crash role stands on the host (see M(chardev_crash_state)), V(fresh) when nothing of a
+      crash is there.
+  returned: always
+  type: str
+  sample: done
+new_taint:
+  description:
+    - The taint bits set since the taint recorded before the lab
+      (C(/var/lib/chardev-lab/taint-before-lab.json), written by the lab's first run of a boot); all
+      of RV(tainted) when none was recorded. A reset host is clean when it is 0, also on a host
+      tainted before the lab (a proprietary driver, for example).
+  returned: always
+  type: int
+  sample: 0
+taint_baseline:
+  description: The recorded taint before the lab (C(boot_id), C(tainted), C(recorded_at)); null without one.
+  returned: always
+  type: dict
+  sample: {boot_id: 0b7c6c3e-1f0e-4d43-9a0e-5b2b1c7e8f90, tainted: 0, recorded_at: "2026-11-26T09:10:00Z"}
 crash_record:
   description:
     - The crash record's mode, time and kernel (keys C(mode), C(crashed_at), C(kernel_release),
@@ -189,7 +212,6 @@ reboot_required:
   sample: true
 """
 
-import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -197,11 +219,11 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.chardev_crash import (
-    TAINT_DIE,
-    parse_oops_count,
-    parse_tainted,
+    TAINT_BASELINE_PATH,
+    crash_state,
     parse_wchan,
     proc_path,
+    read_kernel_log_lines,
     read_optional,
     read_task_state,
     taint_letters,
@@ -211,6 +233,14 @@ from ansible.module_utils.chardev_crash import (
 ROOT = "/"
 #: How the device node is looked at; tests replace it (a fake tree cannot hold a character device).
 LSTAT: Callable[[str], Any] = os.lstat
+
+
+def read_kernel_log() -> list[str]:
+    """The kernel log since boot (/dev/kmsg, else dmesg); tests replace it."""
+    return read_kernel_log_lines()[0]
+
+
+KERNEL_LOG: Callable[[], list[str]] = read_kernel_log
 
 MODULE_NAME = "chardev"
 VARIANTS = ("safe", "classic", "crash")
@@ -282,34 +312,21 @@ def find_stuck_tasks(root: str, prefixes: Sequence[str]) -> list[dict[str, Any]]
     return stuck
 
 
-def parse_crash_record(text: str | None) -> dict[str, Any] | None:
+def record_summary(record: dict[str, Any] | None, error: str | None) -> dict[str, Any] | None:
     """The few keys of the crash record worth showing; None without a record, {} for an unreadable one."""
-    if text is None:
+    if record is None:
         return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(record, dict):
+    if error:
         return {}
     return {key: record.get(key) for key in RECORD_KEYS}
 
 
-def crash_reasons(
-    record_path: str, record: dict[str, Any] | None, tainted: int | None, oops_count: int | None
-) -> list[str]:
-    """The crash markers present: the crash record, the taint flag D, an oops count above 0."""
-    reasons = []
-    if record is not None:
-        reasons.append(f"crash record {record_path}")
-    if tainted is not None and tainted & TAINT_DIE:
-        reasons.append("taint flag D (oops)")
-    if oops_count:
-        reasons.append(f"oops_count {oops_count}")
-    return reasons
-
-
-def probe(root: str, params: dict[str, Any], lstat: Callable[[str], Any] = os.lstat) -> dict[str, Any]:
+def probe(
+    root: str,
+    params: dict[str, Any],
+    lstat: Callable[[str], Any] = os.lstat,
+    kernel_log: Callable[[], list[str]] = read_kernel_log,
+) -> dict[str, Any]:
     """Everything the status report needs about the host below root."""
     release = (read_optional(under(root, "/proc/sys/kernel/osrelease")) or os.uname().release).strip()
     module_dir = under(root, f"/sys/module/{MODULE_NAME}")
@@ -322,11 +339,8 @@ def probe(root: str, params: dict[str, Any], lstat: Callable[[str], Any] = os.ls
     except OSError:
         node_stat = None
     node_ok, node = judge_node(node_stat, major, device)
-    tainted_text = read_optional(under(root, "/proc/sys/kernel/tainted"))
-    tainted = parse_tainted(tainted_text) if tainted_text and tainted_text.strip().isdigit() else None
-    oops_count = parse_oops_count(read_optional(under(root, "/sys/kernel/oops_count")))
-    record = parse_crash_record(read_optional(under(root, params["crash_record"])))
-    reasons = crash_reasons(params["crash_record"], record, tainted, oops_count)
+    crash = crash_state(root, params["crash_run_dir"], kernel_log(), TAINT_BASELINE_PATH)
+    tainted = crash["tainted"]
     stuck = find_stuck_tasks(root, params["stuck_comm_prefixes"])
     return {
         "changed": False,
@@ -338,22 +352,25 @@ def probe(root: str, params: dict[str, Any], lstat: Callable[[str], Any] = os.ls
         "major": major,
         "node_ok": node_ok,
         "node": node,
-        "crashed": bool(reasons),
-        "crash_reasons": reasons,
-        "crash_record": record,
-        "oops_count": oops_count,
+        "crashed": crash["crashed"],
+        "crash_reasons": crash["reasons"],
+        "crash_phase": crash["phase"],
+        "crash_record": record_summary(crash["record"], crash["record_error"]),
+        "oops_count": crash["oops_count"],
         "stuck_tasks": stuck[: max(0, int(params["max_tasks"]))],
         "stuck_count": len(stuck),
         "tainted": tainted,
         "taint_letters": taint_letters(tainted) if tainted is not None else "",
-        "reboot_required": bool(reasons) or os.path.exists(under(root, REBOOT_REQUIRED_FILE)),
+        "taint_baseline": crash["taint_baseline"],
+        "new_taint": crash["new_taint"],
+        "reboot_required": crash["crashed"] or os.path.exists(under(root, REBOOT_REQUIRED_FILE)),
     }
 
 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """The module's work, without AnsibleModule; read-only, so check mode is the same."""
     del check_mode
-    return probe(ROOT, params, LSTAT)
+    return probe(ROOT, params, LSTAT, KERNEL_LOG)
 
 
 def make_module() -> AnsibleModule:
@@ -361,7 +378,7 @@ def make_module() -> AnsibleModule:
     return AnsibleModule(
         argument_spec={
             "device": {"type": "path", "default": "/dev/chardev"},
-            "crash_record": {"type": "path", "default": "/run/chardev-lab/crashed.json"},
+            "crash_run_dir": {"type": "path", "default": "/run/chardev-lab"},
             "stuck_comm_prefixes": {
                 "type": "list",
                 "elements": "str",

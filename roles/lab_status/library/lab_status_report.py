@@ -106,7 +106,7 @@ rows:
       student: alice
       state: crashed
       reason: >-
-        crash record /run/chardev-lab/crashed.json; taint flag D (oops); 1 stuck task;
+        crash record /run/chardev-lab/crashed.json (crashed); taint flag D (oops); 1 stuck task;
         reset: playbooks/reset.yml
       reachable: true
       kernel: 6.1.0-56-amd64
@@ -118,7 +118,7 @@ rows:
       demo: passed
       demo_errors: []
       crashed: true
-      crash_reasons: ["crash record /run/chardev-lab/crashed.json", "taint flag D (oops)"]
+      crash_reasons: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)"]
       stuck_tasks: [{pid: 1576, state: X, comm: python3, wchan: null}]
       tainted: 12416
       taint_letters: DOE

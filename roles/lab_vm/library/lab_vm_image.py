@@ -19,6 +19,17 @@ description:
   - The build happens in a temporary directory that is renamed into place only when complete, so an
     interrupted or failed build never leaves a half-made image in the cache.
   - Its progress is written to a log file (RV(log)) that can be followed with C(tail -f).
+  - Each image key has a lock (C(<key>.lock) in O(cache_dir), C(flock)) held for the whole build,
+    also by the build tools it starts. A second run for the same image waits for the first (at most
+    O(wait_timeout) seconds) and then uses its image; in check mode it reports the build in progress
+    (RV(building)) instead of planning a second one.
+  - Leftovers of a build that was killed (its temporary directory, with what mmdebstrap had mounted
+    in it) are removed by the next build once no process of the killed build holds the lock. The
+    mounts below it are unmounted first (deepest first, lazily as a last resort), and the removal
+    never follows a symbolic link nor descends into another mount.
+  - Before a build the free space in O(cache_dir) is checked (the root filesystem and the disk image
+    made from it are there at the same time). A failed build is diagnosed from its log, and the control
+    node's disk being full is told apart from the image's own filesystem being too small.
 version_added: "1.0.0"
 author: chardev-lab contributors
 options:
@@ -47,10 +58,17 @@ options:
     description: Directory that holds the cached images.
     type: path
     required: true
+  wait_timeout:
+    description:
+      - Seconds to wait for another run that is building the same image (it holds the image's lock)
+        before failing with a message that names it (pid, since when, log).
+    type: int
+    default: 1800
 attributes:
   check_mode:
     support: full
-    description: Reports whether an image would be built; builds nothing.
+    description: Reports whether an image would be built, or is being built by another run
+      (RV(building)); builds nothing and creates no file.
   diff_mode:
     support: none
 requirements:
@@ -115,17 +133,40 @@ seconds:
   returned: always
   type: float
   sample: 112.4
+waited:
+  description: Seconds spent waiting for another run that was building the same image.
+  returned: always
+  type: float
+  sample: 41.5
+building:
+  description: The other run that was building this image when this run looked (it held the image's
+    lock; a run that is not in check mode then waits for it and uses its image), as recorded in the
+    lock file; empty when none was. C(running) is false when the process that
+    took the lock is gone but a tool it started still holds it.
+  returned: always
+  type: dict
+  sample:
+    pid: 4242
+    since: "2026-11-26T10:02:11"
+    log: /root/.cache/chardev-lab/images/bookworm-3f2a9c1d0b7e4a55.log
+    running: true
 """
 
+import contextlib
+import ctypes
+import errno
+import fcntl
 import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -178,6 +219,23 @@ Name=en* eth*
 DHCP=ipv4
 """
 
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Measured on bookworm with BASE_PACKAGES: the root filesystem is 1.1 GiB after mmdebstrap (the .debs it
+# downloaded are gone by then, but were there during the install), the disk image made from it (sparse)
+# takes about as much. Extra packages add to both: the check is a floor, not a promise.
+ROOTFS_BYTES = 3 * GIB // 2
+
+# Below this much free space in the cache directory at the time of a failure, the failure is taken for
+# the control node's disk being full whatever the tools said.
+HOST_FULL_BYTES = 64 * MIB
+
+# How often a run waiting for another run's build looks at the lock again.
+LOCK_POLL_SECONDS = 2.0
+
+IMAGE_TOO_SMALL = "the root filesystem does not fit in the disk image: raise lab_vm_image_size"
+
 FAILURE_HINTS = (
     (
         re.compile(
@@ -187,15 +245,39 @@ FAILURE_HINTS = (
         "the Debian mirror could not be reached: check the network, or set lab_vm_mirror to a mirror "
         "or apt proxy you can reach",
     ),
+    # mkfs.ext4 -d names the image's own filesystem ("in ext2 filesystem") when it is full; when the
+    # control node's disk is full it says "No space left on device" (checked with e2fsprogs 1.47.0).
     (
-        re.compile(r"Could not allocate block|No space left on device|Could not allocate inode"),
-        "the root filesystem does not fit in the disk image: raise lab_vm_image_size",
+        re.compile(
+            r"Could not allocate block|Could not allocate inode|No free space in the directory"
+            r"|in ext2 filesystem"
+        ),
+        IMAGE_TOO_SMALL,
+    ),
+    (
+        re.compile(r"No space left on device|Disk quota exceeded"),
+        "",  # the control node's disk: see host_full_hint()
     ),
     (
         re.compile(r"Unable to locate package|has no installation candidate"),
         "a package in lab_vm_image_packages does not exist in this suite: check its name",
     ),
 )
+
+
+class ImageError(Exception):
+    """A failure the user can act on: the message says what failed and what to do (for fail_json)."""
+
+
+class BuildError(Exception):
+    """A build step failed; str() is the step. free_bytes: free space in the cache at the failure."""
+
+    free_bytes: int | None = None
+
+
+# -------------------------------------------------------------------------------------------------
+# Inputs and diagnosis (pure)
+# -------------------------------------------------------------------------------------------------
 
 
 def image_key(suite: str, mirror: str, packages: Sequence[str], size: str) -> str:
@@ -224,18 +306,376 @@ def mmdebstrap_command(suite: str, mirror: str, packages: Sequence[str], rootdir
     return cmd
 
 
-def explain_failure(log_text: str) -> str:
+def human(size: int) -> str:
+    """1.5 GiB, 300 MiB: sizes for messages."""
+    if size >= GIB:
+        return f"{size / GIB:.1f} GiB"
+    return f"{size // MIB} MiB"
+
+
+def parse_size(size: str) -> int | None:
+    """Bytes of a size as mkfs.ext4 reads it (4G, 6000M, 512k); None for a bare block count."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT])\s*", size)
+    if not match:
+        return None
+    return int(match.group(1)) << (10 * "kmgt".index(match.group(2).lower()) + 10)
+
+
+def space_needed(size: str) -> int:
+    """Free space a build needs in the cache: the root filesystem, and the (sparse) disk image made
+    from it, which holds about as much but never more than its size."""
+    image = parse_size(size)
+    return ROOTFS_BYTES + (ROOTFS_BYTES if image is None else min(image, ROOTFS_BYTES))
+
+
+def not_enough_space(cache_dir: str, free: int, needed: int) -> str:
+    return (
+        f"not enough free space to build the VM image: {cache_dir} has {human(free)} free, a build "
+        f"needs about {human(needed)} (the root filesystem and the disk image made from it): free "
+        "space on that disk, or set lab_vm_cache_dir to a directory on a disk with more room"
+    )
+
+
+def host_full_hint(free_bytes: int | None) -> str:
+    free = "" if free_bytes is None else f"; {human(free_bytes)} was free in the cache when it failed"
+    return (
+        "the control node's disk is full (No space left on device while building" + free + "): "
+        "free space there, or set lab_vm_cache_dir to a disk with more room; raising "
+        "lab_vm_image_size would not help"
+    )
+
+
+def explain_failure(log_text: str, free_bytes: int | None = None) -> str:
     """A one-line diagnosis with the fix, from a failed build's log. Only the output of the last step
-    (after its "$ command" line) counts: a warning of an earlier step that succeeded is no diagnosis."""
+    (after its "$ command" line) counts: a warning of an earlier step that succeeded is no diagnosis.
+    free_bytes is the free space in the cache directory when the build failed, if known: almost none
+    means the control node's disk was full, whatever the tool said."""
     last_step = log_text[log_text.rfind("\n$ ") + 1 :]
+    if free_bytes is not None and free_bytes < HOST_FULL_BYTES:
+        return host_full_hint(free_bytes)
     for pattern, hint in FAILURE_HINTS:
         if pattern.search(last_step):
-            return hint
+            return hint or host_full_hint(free_bytes)
     return "the image build failed"
+
+
+OS_ERROR_FIXES = {
+    errno.ENOSPC: "the disk is full: free space there, or set lab_vm_cache_dir to a disk with more room",
+    errno.EDQUOT: "the disk quota is used up: free space, or set lab_vm_cache_dir to another disk",
+    errno.EACCES: "permission denied: the image build runs as root (become); check the owner and mode "
+    "of lab_vm_cache_dir and its parents",
+    errno.EPERM: "operation not permitted: the image build runs as root (become); a filesystem without "
+    "mount or chroot support (a container) cannot build the image",
+    errno.EROFS: "the filesystem is read-only: set lab_vm_cache_dir to a writable directory",
+    errno.ENOTDIR: "a path in lab_vm_cache_dir is a file, not a directory: fix lab_vm_cache_dir",
+    errno.EBUSY: "something still uses it (a mount, a process): see 'findmnt' and 'fuser -vm' on it",
+}
+
+
+def describe_os_error(what: str, exc: OSError) -> str:
+    """'<what> failed: <strerror> (<path>): <what to do>', for fail_json instead of a traceback."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" ({' -> '.join(paths)})" if paths else ""
+    fix = OS_ERROR_FIXES.get(exc.errno or 0, "check that path and run again")
+    return f"{what} failed: {exc.strerror or exc}{where}: {fix}"
+
+
+@contextlib.contextmanager
+def doing(what: str) -> Iterator[None]:
+    """Turn an OSError in the block into an ImageError naming the operation and the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise ImageError(describe_os_error(what, exc)) from exc
 
 
 def tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def free_space(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def check_free_space(cache_dir: str, size: str) -> None:
+    needed = space_needed(size)
+    with doing(f"checking the free space in {cache_dir}"):
+        free = free_space(cache_dir)
+    if free < needed:
+        raise ImageError(not_enough_space(cache_dir, free, needed))
+
+
+# -------------------------------------------------------------------------------------------------
+# The image's lock: one build per key at a time
+# -------------------------------------------------------------------------------------------------
+
+
+def lock_path(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, f"{key}.lock")
+
+
+def pid_running(pid: Any) -> bool:
+    return isinstance(pid, int) and pid > 0 and os.path.exists(f"/proc/{pid}")
+
+
+def read_holder(path: str) -> dict[str, Any]:
+    """The record of the run that last took the lock: pid, since, started (epoch), log, running."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.loads(handle.read() or "{}")
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    record["running"] = pid_running(record.get("pid"))
+    return record
+
+
+def holder_text(holder: dict[str, Any], lock_file: str) -> str:
+    """'pid 4242 (running), since 2026-11-26T10:02:11 (95 s ago), log /x.log' for messages."""
+    pid = holder.get("pid", "?")
+    if holder.get("running"):
+        state = "running"
+    else:
+        state = f"gone, but a process it started still holds the lock: see 'lslocks | grep {lock_file}'"
+    text = f"pid {pid} ({state})"
+    if holder.get("since"):
+        text += f", since {holder['since']}"
+        if isinstance(holder.get("started"), int | float):
+            text += f" ({round(time.time() - holder['started'])} s ago)"
+    if holder.get("log"):
+        text += f", log {holder['log']}"
+    return text
+
+
+def build_in_progress(cache_dir: str, key: str) -> dict[str, Any]:
+    """The holder's record when another run holds the image's lock, else {}. Creates nothing (check
+    mode): no lock file means no build."""
+    path = lock_path(cache_dir, key)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {k: v for k, v in read_holder(path).items() if k != "started"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return {}
+    finally:
+        os.close(fd)
+
+
+# Descriptors of the locks this process holds: the build tools inherit them, so that a tool that
+# outlives this process (killed) keeps the image locked until it exits too.
+HELD_LOCKS: set[int] = set()
+
+
+class ImageLock:
+    """flock() on <cache>/<key>.lock, with the holder's pid, start time and log written in it."""
+
+    def __init__(self, cache_dir: str, key: str) -> None:
+        self.path = lock_path(cache_dir, key)
+        self.fd = -1
+
+    def acquire(self, timeout: float, log_path: str) -> tuple[dict[str, Any], float]:
+        """Wait (at most timeout seconds) for the lock; returns the previous holder's record (read
+        before writing ours) and the seconds waited. Raises ImageError naming the holder on timeout."""
+        with doing(f"opening the image lock {self.path}"):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    waited = time.monotonic() - started
+                    if waited >= timeout:
+                        holder = read_holder(self.path)
+                        raise ImageError(
+                            f"another run is building this image and still holds its lock {self.path} "
+                            f"after {round(waited)} s of waiting: {holder_text(holder, self.path)}. Let "
+                            f"it finish (tail -f {holder.get('log') or log_path}) and run again, or stop "
+                            f"it (kill {holder.get('pid', '<pid>')}) and run again: its leftovers are "
+                            "cleaned up then"
+                        ) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            previous = read_holder(self.path)
+            now = time.time()
+            record = {
+                "pid": os.getpid(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)),
+                "started": round(now, 1),
+                "log": log_path,
+            }
+            with doing(f"writing the image lock {self.path}"):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(record).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        HELD_LOCKS.add(fd)
+        return previous, round(time.monotonic() - started, 1)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            HELD_LOCKS.discard(self.fd)
+            os.close(self.fd)  # closing the last descriptor of the open file releases the flock
+            self.fd = -1
+
+
+# -------------------------------------------------------------------------------------------------
+# Removing what a killed build left: unmount, then remove without crossing a mount or a link
+# -------------------------------------------------------------------------------------------------
+
+
+def unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def read_mountinfo() -> str:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        return handle.read()
+
+
+def mount_points_below(path: str, mountinfo: str | None = None) -> list[str]:
+    """Mount points at or below path (a real path), deepest first; a point mounted twice, twice."""
+    text = read_mountinfo() if mountinfo is None else mountinfo
+    top = path.rstrip("/") or "/"
+    found = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = unescape_mountinfo(fields[4])
+        if point == top or point.startswith(top + "/"):
+            found.append(point)
+    return sorted(found, key=lambda p: (p.count("/"), len(p)), reverse=True)
+
+
+def run_quiet(cmd: list[str]) -> bool:
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+
+
+def unmount_below(path: str) -> list[str]:
+    """Unmount everything mounted at or below path: made private first (an unmount below a bind of a
+    shared mount would otherwise propagate to the original), deepest first, lazily when a plain
+    unmount fails; then verified. Returns what was unmounted; ImageError when something stays."""
+    done: list[str] = []
+    for _ in range(8):  # stacked mounts need a round each
+        points = mount_points_below(path)
+        if not points:
+            return done
+        for point in sorted(set(points), key=len):
+            run_quiet(["mount", "--make-rprivate", point])
+        for point in points:
+            if run_quiet(["umount", point]) or run_quiet(["umount", "--lazy", point]):
+                done.append(point)
+    left = mount_points_below(path)
+    if left:
+        raise ImageError(
+            f"cannot unmount {left[0]}, left mounted by an image build that was killed: unmount it "
+            f"(umount --lazy {left[0]}) and run again"
+        )
+    return done
+
+
+def remove_tree(path: str) -> None:
+    """Remove path and everything below it, like rm -r --one-file-system, but stricter: a symbolic link
+    is removed, never followed; a directory on another filesystem or that is a mount point (a bind
+    mount of the same filesystem too, from mountinfo) is never entered. ImageError lists what stayed."""
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        os.unlink(path)
+        return
+    real = os.path.realpath(path)
+    mounts = set(mount_points_below(real))
+    if real in mounts:
+        raise ImageError(f"{path} is a mount point: unmount it (umount --lazy {real}) and run again")
+    refused: list[str] = []
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (top.st_dev, top.st_ino):
+            raise ImageError(f"{path} changed while it was being removed: run again")
+        _remove_contents(fd, real, top.st_dev, mounts, refused)
+    finally:
+        os.close(fd)
+    if refused:
+        raise ImageError(
+            f"left {refused[0]} (and {len(refused) - 1} more) in place: a mount point or another "
+            f"filesystem inside {path}; unmount it (umount --lazy {refused[0]}) and run again"
+        )
+    os.rmdir(path)
+
+
+def _remove_contents(fd: int, path: str, dev: int, mounts: set[str], refused: list[str]) -> None:
+    for name in os.listdir(fd):
+        child = os.path.join(path, name)
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if child in mounts or st.st_dev != dev:
+            refused.append(child)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=fd)
+            continue
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            opened = os.fstat(sub)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                refused.append(child)  # replaced between the look and the open
+                continue
+            _remove_contents(sub, child, dev, mounts, refused)
+        finally:
+            os.close(sub)
+        if not any(r.startswith(child + "/") for r in refused):
+            os.rmdir(name, dir_fd=fd)
+
+
+def remove_build_dir(path: str) -> list[str]:
+    """What a build directory may hold after a kill: mounts (mmdebstrap's /proc, /sys, /dev binds in
+    the root filesystem), then files. Unmount, then remove; returns what was unmounted."""
+    unmounted = unmount_below(os.path.realpath(path))
+    remove_tree(path)
+    return unmounted
+
+
+def stale_build_dirs(cache_dir: str, own_key: str = "") -> list[str]:
+    """Temporary build directories (.<key>.tmp-<pid>) that no build is using any more: their pid is
+    gone and no process holds their key's lock (a tool of a killed build holds it until it exits).
+    own_key: the key whose lock this process holds (so nobody else builds it)."""
+    stale = []
+    for tmp in sorted(glob.glob(os.path.join(cache_dir, ".*.tmp-*"))):
+        match = re.fullmatch(r"\.(.+)\.tmp-(\d+)", os.path.basename(tmp))
+        if match and pid_running(int(match.group(2))):
+            continue
+        key = match.group(1) if match else ""
+        if key and key != own_key and build_in_progress(cache_dir, key):
+            continue
+        stale.append(tmp)
+    return stale
+
+
+def remove_stale_builds(cache_dir: str, own_key: str = "") -> dict[str, list[str]]:
+    """Remove the temporary build directories left by builds that were killed; returns each with the
+    mount points unmounted in it."""
+    removed = {}
+    for tmp in stale_build_dirs(cache_dir, own_key):
+        with doing(f"removing {tmp}, left by an image build that was killed"):
+            removed[tmp] = remove_build_dir(tmp)
+    return removed
+
+
+# -------------------------------------------------------------------------------------------------
+# The build
+# -------------------------------------------------------------------------------------------------
 
 
 def customize_rootfs(rootdir: str, mirror: str) -> None:
@@ -277,10 +717,27 @@ def customize_rootfs(rootdir: str, mirror: str) -> None:
         os.utime(lists, (0, 0))
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when this module's process dies (killed), so that
+    mmdebstrap stops and unmounts what it mounted instead of building on, as root, for nobody."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_logged(cmd: list[str], log: Any) -> int:
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    return subprocess.run(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        check=False,
+        pass_fds=tuple(HELD_LOCKS),
+        preexec_fn=die_with_parent,  # the module's process runs no other thread
+    ).returncode
 
 
 def kernel_release_of(path: str) -> str:
@@ -293,31 +750,32 @@ def kernel_release_of(path: str) -> str:
         return ""
 
 
-def remove_stale_builds(cache_dir: str) -> None:
-    """Remove temporary build directories left by builds that were killed."""
-    for tmp in glob.glob(os.path.join(cache_dir, ".*.tmp-*")):
-        pid = tmp.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-class BuildError(Exception):
-    pass
-
-
 def build_image(
-    suite: str, mirror: str, packages: Sequence[str], size: str, cache_dir: str, key: str, log_path: str
+    suite: str,
+    mirror: str,
+    packages: Sequence[str],
+    size: str,
+    cache_dir: str,
+    key: str,
+    log_path: str,
+    notes: Sequence[str] = (),
 ) -> None:
-    """Build into a temporary directory, then rename it into place (atomic within the cache)."""
+    """Build into a temporary directory, then rename it into place (atomic within the cache). Call with
+    the image's lock held. BuildError: a tool failed (see the log); ImageError: an operation on a path
+    failed (the message says which)."""
     final = os.path.join(cache_dir, key)
     tmp = os.path.join(cache_dir, f".{key}.tmp-{os.getpid()}")
     rootdir = os.path.join(tmp, "rootfs")
-    os.makedirs(tmp)
+    step = f"creating the build directory {tmp}"
     try:
+        os.makedirs(tmp)
+        step = f"writing the build log {log_path}"
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"building {key}: suite={suite} mirror={mirror or '(mmdebstrap default)'}\n")
+            log.writelines(f"{note}\n" for note in notes)
             if run_logged(mmdebstrap_command(suite, mirror, packages, rootdir), log) != 0:
                 raise BuildError("mmdebstrap")
+            step = f"preparing the root filesystem {rootdir} for QEMU"
             customize_rootfs(rootdir, mirror)
             enable = ["chroot", rootdir, "systemctl", "enable", "systemd-networkd", "chardev-lab-seed"]
             if run_logged(enable, log) != 0:
@@ -326,17 +784,19 @@ def build_image(
             if not kernels:
                 raise BuildError("no kernel in /boot")
             release = os.path.basename(kernels[-1])[len("vmlinuz-") :]
-            shutil.copy(kernels[-1], os.path.join(tmp, "vmlinuz"))
-            shutil.copy(
-                os.path.join(rootdir, "boot", f"initrd.img-{release}"), os.path.join(tmp, "initrd.img")
-            )
+            step = f"copying the kernel and initrd into {tmp}"
+            copy_file(kernels[-1], os.path.join(tmp, "vmlinuz"))
+            copy_file(os.path.join(rootdir, "boot", f"initrd.img-{release}"), os.path.join(tmp, "initrd.img"))
             disk = os.path.join(tmp, "disk.raw")
+            step = f"writing the disk image {disk}"
             if (
                 run_logged(["mkfs.ext4", "-q", "-F", "-L", "chardev-lab", "-d", rootdir, disk, size], log)
                 != 0
             ):
                 raise BuildError("mkfs.ext4")
-            shutil.rmtree(rootdir)
+            step = f"removing the root filesystem {rootdir} (now in the image)"
+            remove_build_dir(rootdir)
+            step = f"writing the image's manifest in {tmp}"
             # The base is shared by every overlay: nothing may write to it.
             os.chmod(disk, 0o444)
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as handle:
@@ -353,16 +813,116 @@ def build_image(
                     handle,
                 )
             log.write("image complete\n")
+        step = f"moving the image into place ({tmp} -> {final})"
         try:
             os.rename(tmp, final)
         except OSError:
             if not os.path.isdir(final):
                 raise
-            # Another run built the same image meanwhile: keep the one in place.
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            # The image was put in place meanwhile (by a run without the lock): keep that one.
+            remove_build_dir(tmp)
+    except BuildError as exc:
+        with contextlib.suppress(OSError):
+            exc.free_bytes = free_space(cache_dir)  # before the clean-up below frees it again
+        discard(tmp)
         raise
+    except OSError as exc:
+        discard(tmp)
+        raise ImageError(describe_os_error(step, exc)) from exc
+    except BaseException:
+        discard(tmp)
+        raise
+
+
+def copy_file(src: str, dst: str) -> None:
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        while chunk := source.read(1 << 20):
+            target.write(chunk)
+
+
+def discard(tmp: str) -> None:
+    """Remove a failed build's directory; what cannot be removed now, the next build removes."""
+    with contextlib.suppress(OSError, ImageError):
+        remove_build_dir(tmp)
+
+
+# -------------------------------------------------------------------------------------------------
+# The module
+# -------------------------------------------------------------------------------------------------
+
+
+def require_build_tools() -> None:
+    """The tools and the privileges a build needs on the control node."""
+    for tool in ("mmdebstrap", "mkfs.ext4", "chroot", "umount"):
+        if not shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"):
+            raise ImageError(f"{tool} is not installed on the control node: run 'make host-deps'")
+    if os.geteuid() != 0:
+        raise ImageError(
+            "building the VM image needs root (mmdebstrap --mode=root mounts /proc, /sys and /dev in "
+            "the root filesystem and chroots into it): run as root or with become"
+        )
+
+
+def image_result(cache_dir: str, key: str) -> dict[str, Any]:
+    path = os.path.join(cache_dir, key)
+    return {
+        "changed": False,
+        "key": key,
+        "path": path,
+        "disk": os.path.join(path, "disk.raw"),
+        "kernel": os.path.join(path, "vmlinuz"),
+        "initrd": os.path.join(path, "initrd.img"),
+        "kernel_release": "",
+        "log": f"{path}.log",
+        "seconds": 0.0,
+        "waited": 0.0,
+        "building": {},
+    }
+
+
+def run(params: dict[str, Any], check_mode: bool, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything main() does, without AnsibleModule: the result, or ImageError (or BuildError, for
+    main() to explain from the log). result, when given, is filled in as the run goes (for fail_json)."""
+    cache_dir: str = params["cache_dir"]
+    key = image_key(params["suite"], params["mirror"], params["packages"], params["size"])
+    result = image_result(cache_dir, key) if result is None else result
+    result.update(image_result(cache_dir, key))
+    path = result["path"]
+    if os.path.isdir(path):
+        result["kernel_release"] = kernel_release_of(path)
+        return result
+    with doing(f"looking for a build of {key} in progress"):
+        result["building"] = build_in_progress(cache_dir, key)
+    result["changed"] = True
+    if check_mode:
+        return result
+    require_build_tools()
+    with doing(f"creating the image cache {cache_dir}"):
+        os.makedirs(cache_dir, exist_ok=True)
+    lock = ImageLock(cache_dir, key)
+    previous, result["waited"] = lock.acquire(params["wait_timeout"], result["log"])
+    try:
+        if os.path.isdir(path):  # the run we waited for built it
+            result.update(changed=False, kernel_release=kernel_release_of(path))
+            return result
+        notes = [
+            f"removed {tmp}, left by a build that was killed"
+            + (f" (unmounted first: {', '.join(unmounted)})" if unmounted else "")
+            for tmp, unmounted in remove_stale_builds(cache_dir, own_key=key).items()
+        ]
+        if previous.get("pid") and previous["pid"] != os.getpid() and not previous["running"]:
+            notes.append(f"the previous build of this image (pid {previous['pid']}) did not finish")
+        check_free_space(cache_dir, params["size"])
+        started = time.monotonic()
+        build_image(
+            params["suite"], params["mirror"], params["packages"], params["size"], cache_dir, key,
+            result["log"], notes,
+        )  # fmt: skip
+        result["seconds"] = round(time.monotonic() - started, 1)
+        result["kernel_release"] = kernel_release_of(path)
+        return result
+    finally:
+        lock.release()
 
 
 def make_module() -> AnsibleModule:
@@ -373,57 +933,34 @@ def make_module() -> AnsibleModule:
             "packages": {"type": "list", "elements": "str", "default": []},
             "size": {"type": "str", "default": "4G"},
             "cache_dir": {"type": "path", "required": True},
+            "wait_timeout": {"type": "int", "default": 1800},
         },
         supports_check_mode=True,
     )
 
 
-def main() -> None:
-    module = make_module()
-    p = module.params
-    cache_dir = p["cache_dir"]
-    key = image_key(p["suite"], p["mirror"], p["packages"], p["size"])
-    path = os.path.join(cache_dir, key)
-    log_path = f"{path}.log"
-    result: dict[str, Any] = {
-        "changed": False,
-        "key": key,
-        "path": path,
-        "disk": os.path.join(path, "disk.raw"),
-        "kernel": os.path.join(path, "vmlinuz"),
-        "initrd": os.path.join(path, "initrd.img"),
-        "log": log_path,
-        "seconds": 0.0,
-    }
-    if os.path.isdir(path):
-        module.exit_json(kernel_release=kernel_release_of(path), **result)
-    result["changed"] = True
-    if module.check_mode:
-        module.exit_json(kernel_release="", **result)
-    for tool in ("mmdebstrap", "mkfs.ext4", "chroot"):
-        if not module.get_bin_path(tool):
-            module.fail_json(
-                msg=f"{tool} is not installed on the control node: run 'make host-deps'", **result
-            )
-    if os.geteuid() != 0:
-        module.fail_json(
-            msg="building the VM image needs root (mmdebstrap --mode=root): run as root or with become",
-            **result,
-        )
-    os.makedirs(cache_dir, exist_ok=True)
-    remove_stale_builds(cache_dir)
-    started = time.monotonic()
+def failure_message(exc: BuildError, log_path: str) -> str:
+    """The diagnosis of a failed build step, from its log."""
     try:
-        build_image(p["suite"], p["mirror"], p["packages"], p["size"], cache_dir, key, log_path)
-    except BuildError as exc:
         with open(log_path, encoding="utf-8", errors="replace") as handle:
             log_text = handle.read()
-        module.fail_json(
-            msg=f"{explain_failure(log_text)} (step {exc} failed; full log: {log_path})\n{tail(log_text)}",
-            **result,
-        )
-    result["seconds"] = round(time.monotonic() - started, 1)
-    module.exit_json(kernel_release=kernel_release_of(path), **result)
+    except OSError as err:
+        return f"the image build failed at step {exc}, and {describe_os_error('reading its log', err)}"
+    return (
+        f"{explain_failure(log_text, exc.free_bytes)} (step {exc} failed; full log: {log_path})\n"
+        f"{tail(log_text)}"
+    )
+
+
+def main() -> None:
+    module = make_module()
+    result: dict[str, Any] = {}
+    try:
+        module.exit_json(**run(module.params, module.check_mode, result))
+    except BuildError as exc:
+        module.fail_json(msg=failure_message(exc, result["log"]), **result)
+    except ImageError as exc:
+        module.fail_json(msg=str(exc), **result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,326 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: read and keep the crash state of a lab host (the record, the kernel's own markers)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: chardev_crash_state
+short_description: Read and keep the crash state of a chardev lab host
+description:
+  - The one place that reads and writes the crash role's state on a target; the status probe reads it
+    through the same module_utils code.
+  - O(operation=read) tells whether the host crashed, from the role's record (C(crashed.json) in the run
+    directory) and, whatever the record says, from the kernel's own markers (taint flag C(D),
+    C(/sys/kernel/oops_count), an oops or C(Fixing recursive fault) in the kernel log since boot), and in
+    which phase an earlier run left it (RV(phase)). With O(record_taint_baseline) it also records the
+    kernel's taint before the lab, once per boot.
+  - O(operation=stop_leftover) stops the victim of an interrupted run that still holds the device open
+    while the module is loaded (SIGTERM, then SIGKILL); only tasks whose pid and start time match their
+    PID file are signalled, and never on a kernel that crashed.
+  - O(operation=mark) writes the record with state C(unloading) before the module is removed, so that a
+    run interrupted anywhere after it is known; O(operation=record) completes it with the evidence.
+author:
+  - chardev-lab contributors
+options:
+  operation:
+    description: What to do; see the description.
+    type: str
+    choices: [read, stop_leftover, mark, record]
+    default: read
+  run_dir:
+    description: The crash role's run directory on the target (tmpfs, cleared by a reboot).
+    type: path
+    default: /run/chardev-lab
+  mode:
+    description: The victim mode, for O(operation=mark) and O(operation=record).
+    type: str
+    choices: [read, splice]
+  evidence:
+    description: The result of M(chardev_crash_evidence), for O(operation=record).
+    type: dict
+  record_taint_baseline:
+    description:
+      - With O(operation=read), record the kernel's taint before the lab in
+        C(/var/lib/chardev-lab/taint-before-lab.json) when it holds none for this boot (the reset of a
+        real host compares against it, so that a host tainted before the lab, by a proprietary driver for
+        example, is not taken for a crashed one).
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: [posix]
+notes:
+  - Run it as root; reading C(/dev/kmsg) and signalling a leftover victim need it.
+"""
+
+EXAMPLES = r"""
+- name: Read the crash state
+  chardev_crash_state:
+  register: __crash_state
+
+- name: Mark the crash before the rmmod
+  chardev_crash_state:
+    operation: mark
+    mode: read
+"""
+
+RETURN = r"""
+crashed:
+  description: Whether the host crashed since its last boot, by the record or by the kernel's markers.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: bool
+  sample: true
+reasons:
+  description: The markers that make RV(crashed) true.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: list
+  elements: str
+  sample: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)", "oops_count 2"]
+phase:
+  description:
+    - V(fresh) nothing of a crash; V(leftover) a victim of an interrupted run holds the device, module
+      loaded; V(armed) the module was removed under a live victim (the kernel is intact, the next use of
+      the file crashes it); V(recover) the kernel crashed but the record is not complete; V(done) the
+      record is complete.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: str
+  sample: done
+record:
+  description: The crash record (with O(operation=mark) or O(operation=record), the one written);
+    null without one.
+  returned: always
+  type: dict
+  sample: {state: crashed, mode: read, marked_at: "2026-11-26T09:12:01+00:00", as_expected: true}
+files:
+  description: The role's files in O(run_dir) by name (record, victim, reader, ready, trigger, log, program).
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: dict
+  sample: {record: /run/chardev-lab/crashed.json, victim: /run/chardev-lab/victim.pid}
+leftovers:
+  description: The watched tasks (victim, pipe reader) still in C(/proc), identity-checked.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: list
+  elements: dict
+  sample: [{role: victim, pid: 812, state: S, comm: chardev-victim, identity: starttime}]
+tainted:
+  description: The value of C(/proc/sys/kernel/tainted).
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: int
+  sample: 12416
+new_taint:
+  description: The taint bits set since the recorded taint before the lab (all of them without a record).
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: int
+  sample: 12416
+taint_baseline:
+  description: The recorded taint before the lab, null without one.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: dict
+  sample: {boot_id: 0b7c6c3e-1f0e-4d43-9a0e-5b2b1c7e8f90, tainted: 0, recorded_at: "2026-11-26T09:10:00Z"}
+stopped:
+  description: The pids O(operation=stop_leftover) signalled.
+  returned: when O(operation=stop_leftover)
+  type: list
+  elements: int
+  sample: [812]
+"""
+
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.chardev_crash import (
+    RECORD_CRASHED,
+    RECORD_UNLOADING,
+    ROLE_READER,
+    ROLE_VICTIM,
+    TAINT_BASELINE_PATH,
+    crash_state,
+    gather_tasks,
+    pidfiles_for,
+    read_kernel_log_lines,
+    run_files,
+    taint_baseline_entry,
+)
+
+#: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
+ROOT = "/"
+KMSG_PATH = "/dev/kmsg"
+STOP_WAIT = 5.0
+
+
+def now() -> str:
+    # Not datetime.UTC: the target's Python may be 3.9 (Debian 11).
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+def under(path: str) -> str:
+    return os.path.join(ROOT, path.lstrip("/"))
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write atomically (a crash or an interrupt never leaves half a record)."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_state(params: dict[str, Any]) -> dict[str, Any]:
+    lines, _ = read_kernel_log_lines(KMSG_PATH)
+    return crash_state(ROOT, params["run_dir"], lines, TAINT_BASELINE_PATH)
+
+
+def record_baseline(state: dict[str, Any], check_mode: bool) -> bool:
+    """Record the taint before the lab for this boot, unless already recorded or the host crashed."""
+    baseline = state["taint_baseline"]
+    if state["tainted"] is None or state["crashed"]:
+        return False
+    if baseline is not None and baseline.get("boot_id") == state["boot_id"]:
+        return False
+    if not check_mode:
+        entry = taint_baseline_entry(state["tainted"], state["boot_id"], state["module_loaded"], now())
+        write_json(under(TAINT_BASELINE_PATH), entry)
+        state["taint_baseline"] = entry
+        state["new_taint"] = state["tainted"] & ~entry["tainted"]
+    return True
+
+
+def live_leftovers(run_dir: str) -> list[int]:
+    """The pids of the victim and reader that are still alive and still who their PID files say."""
+    pidfiles = {role: under(run_files(run_dir)[role]) for role in (ROLE_VICTIM, ROLE_READER)}
+    return [
+        task.pid
+        for task in gather_tasks(pidfiles, ROOT, kill_test=False)
+        if task.pid is not None and task.state is not None and task.state not in ("D", "X", "Z")
+    ]
+
+
+def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool) -> list[int]:
+    """SIGTERM, then SIGKILL, to the leftovers of an interrupted run (module loaded). Before each signal
+    the tasks are identified again (pid and start time), so a pid reused meanwhile is never signalled."""
+    if state["phase"] != "leftover":
+        return []
+    stopped = live_leftovers(run_dir)
+    if check_mode:
+        return stopped
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = live_leftovers(run_dir)
+        if not alive:
+            break
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_WAIT
+        while time.monotonic() < deadline and live_leftovers(run_dir):
+            time.sleep(0.1)
+    return stopped
+
+
+def mark(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    pidfiles = {role: under(path) for role, path in pidfiles_for(params["mode"], params["run_dir"]).items()}
+    tasks = gather_tasks(pidfiles, ROOT, kill_test=False)
+    record = {
+        "state": RECORD_UNLOADING,
+        "mode": params["mode"],
+        "marked_at": now(),
+        "kernel_release": os.uname().release,
+        "watched": {
+            task.role: {"pid": task.pid, "comm": task.comm, "identity": task.identity} for task in tasks
+        },
+    }
+    if not check_mode:
+        write_json(under(run_files(params["run_dir"])["record"]), record)
+    return record
+
+
+def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    path = under(run_files(params["run_dir"])["record"])
+    try:
+        with open(path, encoding="utf-8") as handle:
+            marked = json.load(handle)
+    except (OSError, ValueError):
+        marked = {}
+    evidence = {
+        key: value
+        for key, value in (params["evidence"] or {}).items()
+        if key not in ("changed", "failed", "invocation", "_ansible_no_log")
+    }
+    full = {**evidence, "state": RECORD_CRASHED, "mode": params["mode"], "crashed_at": now()}
+    if isinstance(marked, dict) and marked.get("marked_at"):
+        full["marked_at"] = marked["marked_at"]
+    if not check_mode:
+        write_json(path, full)
+    return full
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    operation = params["operation"]
+    if operation in ("mark", "record") and not params.get("mode"):
+        raise ValueError(f"operation={operation} needs mode")
+    if operation == "record" and not params.get("evidence"):
+        raise ValueError("operation=record needs evidence (the result of chardev_crash_evidence)")
+    if operation == "mark":
+        return {"changed": True, "record": mark(params, check_mode)}
+    if operation == "record":
+        return {"changed": True, "record": record(params, check_mode)}
+    state = read_state(params)
+    changed = False
+    if operation == "stop_leftover":
+        stopped = stop_leftover(state, params["run_dir"], check_mode)
+        changed = bool(stopped)
+        if stopped and not check_mode:
+            state = read_state(params)
+        state["stopped"] = stopped
+    elif params["record_taint_baseline"]:
+        changed = record_baseline(state, check_mode)
+    return {"changed": changed, **state}
+
+
+def make_module() -> AnsibleModule:
+    return AnsibleModule(
+        argument_spec={
+            "operation": {
+                "type": "str",
+                "choices": ["read", "stop_leftover", "mark", "record"],
+                "default": "read",
+            },
+            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "mode": {"type": "str", "choices": ["read", "splice"]},
+            "evidence": {"type": "dict"},
+            "record_taint_baseline": {"type": "bool", "default": False},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main() -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(
+            msg=f"cannot {module.params['operation']} the crash state: {exc.strerror}: {exc.filename} "
+            "(is the play run as root, and is the file system writable?)"
+        )
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
