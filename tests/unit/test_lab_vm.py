@@ -746,6 +746,7 @@ def instance_args(tmp_path: Path, image_files: dict[str, str], **extra: Any) -> 
         "kernel": image_files["vmlinuz"],
         "initrd": image_files["initrd.img"],
         "authorized_key": image_files["id_ed25519.pub"],
+        "state_dir": str(tmp_path),
         "ssh_port": 2201,
         "qemu": "/bin/true",
         "isolated": False,
@@ -806,6 +807,7 @@ def stopped_vm(tmp_path: Path, image_files: dict[str, str]) -> Path:
                 "cpus": 1,
                 "accel": "tcg",
                 "qemu": "/bin/true",
+                "qemu_user": "",
             }
         )
     )
@@ -836,7 +838,10 @@ def test_apply_check_mode_on_an_existing_vm(
     actions: list[str],
 ) -> None:
     monkeypatch.setattr(lab_vm_instance, "running_pid", lambda vm_dir, proc="/proc": 4242 if running else 0)
-    monkeypatch.setattr(lab_vm_instance, "stop", lambda pid, grace=10.0: pytest.fail("stop() in check mode"))
+    monkeypatch.setattr(lab_vm_instance, "vm_pids", lambda vm_dir, proc="/proc": [4242] if running else [])
+    monkeypatch.setattr(
+        lab_vm_instance, "stop_processes", lambda *args, **kwargs: pytest.fail("stopped in check mode")
+    )
     before = {p: p.read_bytes() for p in stopped_vm.iterdir()}
     result = run_instance(instance_args(tmp_path, image_files, state=state, _ansible_check_mode=True), capsys)
     assert result["actions"] == actions
@@ -853,6 +858,7 @@ def test_started_restarts_on_a_new_configuration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(lab_vm_instance, "running_pid", lambda vm_dir, proc="/proc": 4242)
+    monkeypatch.setattr(lab_vm_instance, "vm_pids", lambda vm_dir, proc="/proc": [4242])
     result = run_instance(instance_args(tmp_path, image_files, memory=2048, _ansible_check_mode=True), capsys)
     assert result["actions"] == ["configuration changed", "stopped qemu", "started qemu"]
 

@@ -21,11 +21,24 @@ description:
     in O(boot_timeout) seconds is stopped and the tail of its console log is shown.
   - A VM whose QEMU process died behind the fleet's back is noticed (its PID file no longer names a
     running QEMU of this VM) and started again.
+  - QEMU runs with its seccomp sandbox (C(-sandbox on,obsolete=deny,resourcecontrol=deny)) and with
+    C(no_new_privs) set, so that nothing it runs can gain privileges. When the module runs as root and
+    O(qemu_user) is set, QEMU opens its files (disks, kernel, PID file, console log) as root and then
+    drops to that user (C(-runas)) before the guest runs; the mirror relays it starts run as that user too.
+  - A QEMU of this VM is recognized by its own command line (the C(-drive) of this VM's overlay), in
+    its PID file or anywhere in C(/proc), and only such a process is ever signalled; a PID file whose
+    PID now belongs to another program is only removed. Stopping is SIGTERM, then SIGKILL after
+    O(stop_timeout) seconds; the PID file stays until the process is gone.
+  - O(name) must be one safe path component and O(vm_dir) a directory directly inside
+    O(state_dir)C(/vms) (symbolic links resolved); V(absent) never follows a symbolic link or crosses a
+    mount point.
 version_added: "1.0.0"
 author: chardev-lab contributors
 options:
   name:
-    description: Name of the VM (its hostname and the name of its directory).
+    description:
+      - Name of the VM (its hostname and the name of its directory). One path component of letters,
+        digits, C(.), C(_) and C(-), starting with a letter or digit, at most 63 characters.
     type: str
     required: true
   state:
@@ -37,7 +50,15 @@ options:
     choices: [started, stopped, absent, reset]
     default: started
   vm_dir:
-    description: Directory of this VM (overlay, PID file, console log, host key).
+    description:
+      - Directory of this VM (overlay, PID file, console log, host key). Refused unless it is directly
+        inside O(state_dir)C(/vms) once symbolic links are resolved, and is not itself a symbolic link.
+    type: path
+    required: true
+  state_dir:
+    description:
+      - The fleet's directory. Every VM directory lives in its C(vms) subdirectory; nothing outside it
+        is ever created or removed.
     type: path
     required: true
   disk:
@@ -95,9 +116,28 @@ options:
     type: int
     default: 240
   qemu:
-    description: QEMU binary.
+    description: QEMU binary (a name looked up on the PATH, or a path).
     type: str
     default: qemu-system-x86_64
+  qemu_user:
+    description:
+      - Unprivileged account QEMU runs as (C(-runas)) when the module runs as root. The account must
+        exist; it needs no home and no shell. It must be able to read O(relay) when O(isolated).
+      - Empty, V(root) or the account the module already runs as; QEMU then runs as that account, without
+        C(-runas) (as root, that is unsandboxed root next to a guest whose kernel is crashed on purpose).
+    type: str
+    default: ""
+  min_free_mb:
+    description:
+      - Free space (MiB) the VM directory's filesystem must have before an overlay is created or QEMU
+        started. The overlay grows with what the guest writes (packages, kernel headers, builds); a
+        guest whose disk cannot grow is paused by QEMU and never answers SSH.
+    type: int
+    default: 1024
+  stop_timeout:
+    description: Seconds QEMU gets to exit after SIGTERM before SIGKILL.
+    type: int
+    default: 10
 attributes:
   check_mode:
     support: full
@@ -105,8 +145,8 @@ attributes:
   diff_mode:
     support: none
 requirements:
-  - qemu-system-x86, qemu-utils (qemu-img), openssh-client (ssh-keygen), e2fsprogs (debugfs) on the
-    control node
+  - qemu-system-x86 (with seccomp support, as Debian and Ubuntu build it), qemu-utils (qemu-img),
+    openssh-client (ssh-keygen), e2fsprogs (debugfs) on the control node; Linux 5.3 or later (pidfd).
 """
 
 EXAMPLES = r"""
@@ -114,6 +154,8 @@ EXAMPLES = r"""
   lab_vm_instance:
     name: lab-vm-1
     vm_dir: /srv/lab/.lab/vms/lab-vm-1
+    state_dir: /srv/lab/.lab
+    qemu_user: chardev-lab
     disk: "{{ image.disk }}"
     kernel: "{{ image.kernel }}"
     initrd: "{{ image.initrd }}"
@@ -125,6 +167,8 @@ EXAMPLES = r"""
     name: lab-vm-1
     state: reset
     vm_dir: /srv/lab/.lab/vms/lab-vm-1
+    state_dir: /srv/lab/.lab
+    qemu_user: chardev-lab
     disk: "{{ image.disk }}"
     kernel: "{{ image.kernel }}"
     initrd: "{{ image.initrd }}"
@@ -158,6 +202,11 @@ boot_seconds:
   returned: always
   type: float
   sample: 27.9
+qemu_user:
+  description: Account the VM's QEMU runs as (empty when the VM is not running).
+  returned: always
+  type: str
+  sample: chardev-lab
 actions:
   description: What the task did, in order.
   returned: always
@@ -166,10 +215,16 @@ actions:
   sample: [created overlay, started qemu]
 """
 
+import contextlib
+import ctypes
+import errno
 import io
+import itertools
 import json
 import os
+import pwd
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -177,7 +232,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
@@ -187,12 +242,36 @@ PIDFILE = "qemu.pid"
 CONSOLE = "console.log"
 CONFIG = "vm.json"
 HOST_KEY = "ssh_host_ed25519_key"
+VMS = "vms"
 # Where an isolated guest finds its package mirrors: one address per mirror, inside QEMU's user network
 # (10.0.2.0/24; .2 is the host, .3 DNS, .15 the guest) and outside its DHCP range (.15-.30).
 RELAY_FIRST_IP = 100
 # The guest's apt sources, as mmdebstrap writes them (one-line or deb822 format).
 APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources")
 _APT_URL_RE = re.compile(r"\b(https?)://([A-Za-z0-9.-]+)(?::(\d+))?(?=[/\s]|$)")
+# A VM's name is its hostname and the name of its directory: one safe path component.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# QEMU's seccomp filter, installed before QEMU opens anything. What each setting allows and why
+# (checked with QEMU 7.2, Debian 12):
+# - obsolete=deny, resourcecontrol=deny: nothing here needs old syscalls, CPU affinity or priorities.
+# - elevateprivileges=allow: the filter is installed before -daemonize (setsid) and before -runas
+#   (setgid, setgroups, setuid) run, and both die of SIGSYS under "deny" or "children". After -runas
+#   QEMU has no way back to root (real, effective and saved IDs are the user's, no capabilities), and
+#   no_new_privs, set by the module before QEMU starts, stops any program it runs from gaining any.
+# - spawn=allow: -daemonize forks after the filter is in place, and an isolated VM's network runs the
+#   mirror relay (fork + exec) for each connection the guest opens to a mirror: under "deny" QEMU dies
+#   at -daemonize, and apt inside the VM would have no way out.
+SANDBOX = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
+PR_SET_NO_NEW_PRIVS = 38
+MIB = 1024 * 1024
+# How long QEMU may take to daemonize (it opens its files and sets up the machine first).
+START_TIMEOUT = 120
+# How long a SIGKILLed QEMU may take to disappear (it releases its guest memory).
+KILL_TIMEOUT = 5.0
+
+
+class VmError(Exception):
+    pass
 
 
 class Forward(NamedTuple):
@@ -201,6 +280,55 @@ class Forward(NamedTuple):
     guest_ip: str
     host: str
     port: int
+
+
+def advice(exc: OSError) -> str:
+    """What to do about an OS error, by its errno."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that filesystem (df -h shows it), then run again"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check the owner and mode of that path and of its directories (ls -ld)"
+    if exc.errno == errno.EROFS:
+        return "that filesystem is mounted read-only: remount it read-write or move the fleet elsewhere"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return "check that the path exists and is what it should be (a file or a directory)"
+    return "check that path, then run again"
+
+
+@contextlib.contextmanager
+def doing(what: str) -> Iterator[None]:
+    """Turn an OSError into a VmError that says what was being done, on which path, and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise VmError(f"could not {what}{where}: {exc.strerror or exc}; {advice(exc)}") from exc
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name) or name in (".", ".."):
+        raise VmError(
+            f"invalid VM name {name!r}: a VM's name becomes its hostname and its directory, so it must be "
+            "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/', no '..'); "
+            "rename the host in the inventory"
+        )
+
+
+def checked_vm_dir(name: str, vm_dir: str, state_dir: str) -> str:
+    """The VM directory, symbolic links resolved, once it is proven to be a direct child of
+    <state_dir>/vms. Everything the module creates, signals or removes is found through it."""
+    check_name(name)
+    vms = os.path.realpath(os.path.join(state_dir, VMS))
+    real = os.path.realpath(vm_dir)
+    if os.path.dirname(real) != vms or not NAME_RE.match(os.path.basename(real)):
+        raise VmError(
+            f"vm_dir {vm_dir} (that is {real}) is not a directory directly inside the fleet's {vms}: "
+            "refused, nothing outside the fleet is created or removed; set vm_dir to "
+            f"{os.path.join(vms, name)}"
+        )
+    if os.path.islink(vm_dir):
+        raise VmError(f"vm_dir {vm_dir} is a symbolic link (to {real}): refused; remove the link")
+    return real
 
 
 def apt_endpoints(sources_text: str) -> list[tuple[str, int]]:
@@ -257,12 +385,24 @@ def netdev_option(p: dict[str, Any], forwards: Sequence[Forward]) -> str:
     return ",".join(qemu_value(part) for part in parts)
 
 
-def qemu_command(p: dict[str, Any], vm_dir: str, seed: str, forwards: Sequence[Forward] = ()) -> list[str]:
-    """The QEMU command line of a lab VM. Keep it deterministic: it is compared between runs."""
+def drive_option(vm_dir: str) -> str:
+    # cache=unsafe: the overlay is disposable (a reset replaces it), so the guest's flushes need not
+    # reach the host's disk; package installs inside the VM are much faster without them.
+    return f"file={qemu_value(os.path.join(vm_dir, OVERLAY))},if=virtio,format=qcow2,cache=unsafe"
+
+
+def qemu_command(
+    p: dict[str, Any], vm_dir: str, seed: str, forwards: Sequence[Forward] = (), run_as: str = ""
+) -> list[str]:
+    """The QEMU command line of a lab VM. Keep it deterministic: it is compared between runs.
+
+    Values inside QEMU option lists (-name, -drive, -netdev, -fw_cfg) go through qemu_value(); the
+    others (-kernel, -initrd, -append, -serial file:, -pidfile, -runas) are taken whole by QEMU, and
+    doubling a comma there would name another file."""
     return [
         p["qemu"],
         "-name",
-        p["name"],
+        qemu_value(p["name"]),
         "-machine",
         f"q35,accel={p['accel']}",
         "-cpu",
@@ -281,10 +421,8 @@ def qemu_command(p: dict[str, Any], vm_dir: str, seed: str, forwards: Sequence[F
         "-append",
         "root=/dev/vda rw console=ttyS0 quiet "
         "systemd.default_timeout_start_sec=900 systemd.default_device_timeout_sec=900",
-        # cache=unsafe: the overlay is disposable (a reset replaces it), so the guest's flushes need not
-        # reach the host's disk; package installs inside the VM are much faster without them.
         "-drive",
-        f"file={qemu_value(os.path.join(vm_dir, OVERLAY))},if=virtio,format=qcow2,cache=unsafe",
+        drive_option(vm_dir),
         "-netdev",
         netdev_option(p, forwards),
         "-device",
@@ -299,6 +437,9 @@ def qemu_command(p: dict[str, Any], vm_dir: str, seed: str, forwards: Sequence[F
         f"file:{os.path.join(vm_dir, CONSOLE)}",
         "-pidfile",
         os.path.join(vm_dir, PIDFILE),
+        "-sandbox",
+        SANDBOX,
+        *(["-runas", run_as] if run_as else []),
         "-daemonize",
     ]
 
@@ -311,18 +452,113 @@ def read_pid(vm_dir: str) -> int:
         return 0
 
 
+def cmdline(pid: int, proc: str = "/proc") -> list[bytes]:
+    """A process's arguments; [] when it is gone or a zombie."""
+    try:
+        with open(os.path.join(proc, str(pid), "cmdline"), "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return []
+    return data.split(b"\0")[:-1] if data.endswith(b"\0") else data.split(b"\0") if data else []
+
+
+def is_vm_qemu(argv: Sequence[bytes], vm_dir: str) -> bool:
+    """Whether a command line is a QEMU of this VM: the program is QEMU and one of its -drive options
+    is this VM's overlay. A program that only names the disk (a backup, a qemu-img) is not one."""
+    if not argv or not os.path.basename(argv[0]).startswith(b"qemu"):
+        return False
+    drive = f"file={qemu_value(os.path.join(vm_dir, OVERLAY))},".encode()
+    return any(opt == b"-drive" and arg.startswith(drive) for opt, arg in itertools.pairwise(argv))
+
+
 def running_pid(vm_dir: str, proc: str = "/proc") -> int:
     """PID of this VM's QEMU, or 0. A stale PID file (QEMU killed, PID reused) counts as not running."""
     pid = read_pid(vm_dir)
-    if pid <= 0:
-        return 0
+    return pid if pid > 0 and is_vm_qemu(cmdline(pid, proc), vm_dir) else 0
+
+
+def vm_pids(vm_dir: str, proc: str = "/proc") -> list[int]:
+    """Every QEMU of this VM: the one in its PID file and any other running on its overlay (started by
+    hand, or left behind when its PID file was lost)."""
+    pids = {running_pid(vm_dir, proc)} - {0}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(proc):
+            if (
+                entry.isdigit()
+                and int(entry) != os.getpid()
+                and is_vm_qemu(cmdline(int(entry), proc), vm_dir)
+            ):
+                pids.add(int(entry))
+    return sorted(pids)
+
+
+def send_signal(pid: int, sig: int, vm_dir: str) -> bool:
+    """Signal pid if, and only if, it is a QEMU of this VM. The pidfd pins the process while its command
+    line is checked: a PID reused in between is never signalled."""
     try:
-        with open(os.path.join(proc, str(pid), "cmdline"), "rb") as handle:
-            argv = handle.read().split(b"\0")
-    except OSError:
-        return 0
-    overlay = f"file={os.path.join(vm_dir, OVERLAY)},".encode()
-    return pid if any(arg.startswith(overlay) for arg in argv) else 0
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not is_vm_qemu(cmdline(pid), vm_dir):
+            return False
+        signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def exited(pidfd: int) -> bool:
+    """Whether the process of a pidfd has exited: its files (the overlay, the SSH port) are closed by
+    then, even if it is not yet reaped."""
+    return bool(select.select([pidfd], [], [], 0)[0])
+
+
+def stop_processes(pids: Sequence[int], vm_dir: str, grace: float = 10.0) -> list[int]:
+    """Stop this VM's QEMUs: SIGTERM (QEMU exits at once; the guest sees a power cut), SIGKILL to those
+    still there after grace seconds. Returns the PIDs that survived both (a process stuck in the
+    kernel, state D): the caller keeps their PID file."""
+    pidfds: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
+            if is_vm_qemu(cmdline(pid), vm_dir):
+                pidfds[pid] = pidfd
+            else:
+                os.close(pidfd)
+    try:
+
+        def alive() -> list[int]:
+            return [pid for pid, pidfd in pidfds.items() if not exited(pidfd)]
+
+        for pid in alive():
+            send_signal(pid, signal.SIGTERM, vm_dir)
+        if not wait_for(lambda: not alive(), grace, 0.1):
+            for pid in alive():
+                send_signal(pid, signal.SIGKILL, vm_dir)
+            wait_for(lambda: not alive(), KILL_TIMEOUT, 0.1)
+        return alive()
+    finally:
+        for pidfd in pidfds.values():
+            os.close(pidfd)
+
+
+def no_new_privs() -> None:
+    """Run in the child before QEMU is executed: nothing QEMU runs (the mirror relays, or a setuid
+    program if QEMU were taken over) can ever gain privileges. Setting it needs no privilege, and it
+    does not stop -runas from dropping them."""
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
+def free_mib(path: str) -> int:
+    """Free space (MiB) for an unprivileged writer on the filesystem of path or of its nearest parent."""
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize // MIB
 
 
 def connect_address(address: str) -> str:
@@ -423,19 +659,35 @@ def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
         handle.write(data)
 
 
-def stop(pid: int, grace: float = 10.0) -> None:
-    """Stop QEMU: SIGTERM (QEMU exits at once; the guest sees a power cut), SIGKILL if it lingers."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    if not wait_for(lambda: not os.path.exists(f"/proc/{pid}"), grace, 0.2):
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, 0.2)
+def remove_tree(path: str) -> None:
+    """Remove a VM directory without following a symbolic link out of it or crossing into another
+    filesystem mounted inside it (shutil.rmtree removes links, not what they point to)."""
+    if os.path.islink(path) or os.path.ismount(path):
+        raise VmError(f"{path} is a symbolic link or a mount point: not removed; remove it by hand")
+    for top, dirs, _files in os.walk(path):
+        for name in dirs:
+            sub = os.path.join(top, name)
+            if os.path.ismount(sub):
+                raise VmError(
+                    f"{sub} is a mount point inside the VM directory: nothing removed; unmount it "
+                    "(umount), then run again"
+                )
+    with doing(f"remove the VM directory {path}"):
+        shutil.rmtree(path)
 
 
-class VmError(Exception):
-    pass
+def user_can_read(user: pwd.struct_passwd, path: str) -> bool:
+    """Whether an account can read a file: asked as that account (its groups, ACLs and every directory
+    on the way count), in a child process."""
+    proc = subprocess.run(
+        ["python3", "-I", "-S", "-c", "import sys; open(sys.argv[1], 'rb').close()", path],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
 
 
 class Vm:
@@ -451,6 +703,48 @@ class Vm:
 
     def banner(self) -> bool:
         return ssh_banner(self.p["ssh_port"], address=self.p["ssh_address"])
+
+    def run_as(self) -> str:
+        """The account for -runas: qemu_user when the module runs as root, else none (QEMU then runs
+        as whoever runs the module)."""
+        user = self.p["qemu_user"]
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        if not user or user in ("root", me):
+            return ""
+        if os.geteuid() != 0:
+            raise VmError(
+                f"qemu_user {user}: only root can start QEMU as another account, and this runs as {me}; "
+                "leave qemu_user empty (QEMU then runs as you) or run as root"
+            )
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise VmError(
+                f"qemu_user {user} does not exist: create it (the lab_vm role does when it runs as root: "
+                f"useradd --system --no-create-home --shell /usr/sbin/nologin {user})"
+            ) from None
+        return user
+
+    def check_relay(self, user: str) -> None:
+        """The relays run as the QEMU account: an unreadable relay would only show as apt failing inside
+        the VM, so say it now."""
+        if user and self.p["isolated"] and not user_can_read(pwd.getpwnam(user), self.p["relay"]):
+            raise VmError(
+                f"the mirror relay {self.p['relay']} cannot be read by {user}, the account QEMU runs as "
+                "(a directory on the way is private, such as /root): put it where every user can read "
+                "it (the lab_vm role installs it in /usr/local/libexec/chardev-lab)"
+            )
+
+    def check_free_space(self, why: str) -> None:
+        free, need = free_mib(self.dir), self.p["min_free_mb"]
+        if free < need:
+            raise VmError(
+                f"not enough free space to {why}: the filesystem of {self.dir} has {free} MiB free, a VM "
+                f"needs at least {need} MiB (its overlay grows with everything the guest writes, and a "
+                "guest whose disk cannot grow is paused by QEMU and never answers SSH). Free some space "
+                "there (df -h; make down removes the fleet's VMs, the image cache stays), or lower "
+                "lab_vm_min_free_mb if the lab needs less"
+            )
 
     def forwards(self) -> list[Forward]:
         """The isolated VM's ways out: its image's package mirrors, read from the base disk."""
@@ -483,11 +777,14 @@ class Vm:
         self.actions.append("generated host key")
         if self.module.check_mode:
             return
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.p["name"], "-f", self.path(HOST_KEY)],
-            check=True,
-        )
+        with doing(f"create the VM directory {self.dir}"):
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        cmd = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.p["name"], "-f", self.path(HOST_KEY)]
+        rc, _out, err = self.module.run_command(cmd)
+        if rc != 0:
+            raise VmError(
+                f"ssh-keygen could not make the host key {self.path(HOST_KEY)} (rc={rc}): {err.strip()}"
+            )
 
     def wanted_config(self) -> dict[str, Any]:
         keys = (
@@ -501,6 +798,7 @@ class Vm:
             "cpus",
             "accel",
             "qemu",
+            "qemu_user",
         )
         return {k: self.p[k] for k in keys}
 
@@ -511,13 +809,23 @@ class Vm:
             return {}
 
     def stop_if_running(self) -> None:
-        pid = running_pid(self.dir)
-        if pid:
+        """Stop every QEMU of this VM; the PID file goes only once none is left."""
+        pids = vm_pids(self.dir)
+        if pids:
             self.actions.append("stopped qemu")
-            if not self.module.check_mode:
-                stop(pid)
-        if not self.module.check_mode and os.path.exists(self.path(PIDFILE)):
-            os.unlink(self.path(PIDFILE))
+            if self.module.check_mode:
+                return
+            left = stop_processes(pids, self.dir, self.p["stop_timeout"])
+            if left:
+                raise VmError(
+                    f"QEMU of {self.p['name']} (pid {', '.join(map(str, left))}) is still running after "
+                    f"SIGTERM and SIGKILL; its PID file {self.path(PIDFILE)} is kept. See what it waits "
+                    f"on (ps -o pid,stat,wchan,cmd -p {left[0]}: state D is a process stuck in the kernel, "
+                    "on a disk or NFS), then run again"
+                )
+        if not self.module.check_mode and os.path.lexists(self.path(PIDFILE)):
+            with doing("remove the stale PID file"):
+                os.unlink(self.path(PIDFILE))
 
     def overlay_exists(self) -> bool:
         """Whether the overlay is there, not counting one that check mode only pretended to remove."""
@@ -527,7 +835,8 @@ class Vm:
         if self.overlay_exists():
             self.actions.append("removed overlay")
             if not self.module.check_mode:
-                os.unlink(self.path(OVERLAY))
+                with doing("remove the overlay"):
+                    os.unlink(self.path(OVERLAY))
 
     def start(self) -> None:
         for opt in ("disk", "kernel", "initrd", "authorized_key"):
@@ -556,43 +865,75 @@ class Vm:
             raise VmError(
                 f"{self.p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)"
             )
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        run_as = self.run_as()
+        with doing(f"create the VM directory {self.dir}"):
+            os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.check_free_space("start the VM")
         if not os.path.exists(self.path(OVERLAY)):
-            self.module.run_command(
-                [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    "raw",
-                    "-b",
-                    self.p["disk"],
-                    self.path(OVERLAY),
-                ],
-                check_rc=True,
-            )
+            cmd = [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                self.p["disk"],
+                self.path(OVERLAY),
+            ]
+            rc, _out, err = self.module.run_command(cmd)
+            if rc != 0:
+                raise VmError(
+                    f"qemu-img could not create the overlay {self.path(OVERLAY)} (rc={rc}): {err.strip()}"
+                )
         forwards = self.forwards()
+        self.check_relay(run_as)
         seed = self.path("seed.tar")
-        write_file(
-            seed,
-            seed_tar(
-                self.p["name"],
-                read_text(self.path(HOST_KEY)),
-                self.host_key_pub() + "\n",
-                read_text(self.p["authorized_key"]),
-                guest_network_files(self.p["name"], forwards, self.p["isolated"]),
-            ),
-        )
-        # A fresh console log per boot: its tail is what explains a failed boot.
-        write_file(self.path(CONSOLE), b"", 0o644)
-        with open(self.path(CONFIG), "w", encoding="utf-8") as handle:
-            json.dump(self.wanted_config(), handle)
+        with doing("read the authorized key"):
+            authorized_key = read_text(self.p["authorized_key"])
+        with doing("write the VM's seed (host key, authorized key, network files)"):
+            write_file(
+                seed,
+                seed_tar(
+                    self.p["name"],
+                    read_text(self.path(HOST_KEY)),
+                    self.host_key_pub() + "\n",
+                    authorized_key,
+                    guest_network_files(self.p["name"], forwards, self.p["isolated"]),
+                ),
+            )
+        with doing("write the VM's console log and configuration"):
+            # A fresh console log per boot: its tail is what explains a failed boot.
+            write_file(self.path(CONSOLE), b"", 0o644)
+            write_file(self.path(CONFIG), json.dumps(self.wanted_config()).encode(), 0o644)
+        command = qemu_command({**self.p, "qemu": qemu}, self.dir, seed, forwards, run_as)
         started = time.monotonic()
-        rc, _out, err = self.module.run_command(qemu_command(self.p, self.dir, seed, forwards))
-        if rc != 0:
-            raise VmError(f"QEMU did not start (rc={rc}): {err.strip()}")
+        try:
+            proc = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=False,
+                preexec_fn=no_new_privs,
+                timeout=START_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            self.stop_if_running()
+            raise VmError(
+                f"QEMU did not finish starting {self.p['name']} in {START_TIMEOUT} s (it opens the disks "
+                "and sets up the machine before it daemonizes): stopped; run again, and check the disks "
+                f"if it repeats. Last lines of its console ({self.path(CONSOLE)}):\n{console_tail(self.dir)}"
+            ) from None
+        except OSError as exc:
+            raise VmError(f"could not run {qemu}: {exc.strerror or exc}; {advice(exc)}") from exc
+        if proc.returncode != 0:
+            raise VmError(
+                f"QEMU did not start {self.p['name']} (rc={proc.returncode}): "
+                f"{proc.stderr.strip() or '(no error output)'}\n"
+                f"Command: {shlex.join(command)}\n"
+                f"Last lines of its console ({self.path(CONSOLE)}):\n{console_tail(self.dir)}"
+            )
         self.wait_for_ssh(started)
 
     def wait_for_ssh(self, started: float) -> None:
@@ -602,24 +943,36 @@ class Vm:
             1.0,
             alive=lambda: running_pid(self.dir) > 0,
         ):
-            pid = running_pid(self.dir)
-            why = "QEMU exited" if not pid else f"no SSH banner after {self.p['boot_timeout']} s"
-            if pid:
-                stop(pid)
+            why = (
+                "QEMU exited"
+                if not running_pid(self.dir)
+                else f"no SSH banner after {self.p['boot_timeout']} s"
+            )
+            # Not left running: the next run starts it afresh. stop_if_running() keeps the PID file of a
+            # QEMU that will not die and says so.
+            self.stop_if_running()
+            hint = ""
+            free = free_mib(self.dir)
+            if free < self.p["min_free_mb"]:
+                hint = (
+                    f" The filesystem of {self.dir} has only {free} MiB free: QEMU pauses a guest whose "
+                    "disk cannot grow; free some space (df -h)."
+                )
             raise VmError(
-                f"{self.p['name']} did not boot ({why}; accel={self.p['accel']}). "
+                f"{self.p['name']} did not boot ({why}; accel={self.p['accel']}); QEMU was stopped.{hint} "
                 f"Last lines of its console ({self.path(CONSOLE)}):\n{console_tail(self.dir)}"
             )
         self.boot_seconds = round(time.monotonic() - started, 1)
 
     def apply(self) -> None:
+        self.dir = checked_vm_dir(self.p["name"], self.p["vm_dir"], self.p["state_dir"])
         state = self.p["state"]
         if state == "absent":
             self.stop_if_running()
             if os.path.isdir(self.dir):
                 self.actions.append("removed vm directory")
                 if not self.module.check_mode:
-                    shutil.rmtree(self.dir)
+                    remove_tree(self.dir)
             return
         if state == "stopped":
             self.stop_if_running()
@@ -638,8 +991,15 @@ class Vm:
                     self.wait_for_ssh(time.monotonic())
                 return
             self.actions.append("configuration changed")
-            self.stop_if_running()
+        # A QEMU of this VM whose PID file was lost would hold the disk and the port: stop it first.
+        self.stop_if_running()
         self.start()
+
+    def qemu_user(self, pid: int) -> str:
+        try:
+            return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name if pid else ""
+        except (OSError, KeyError):
+            return ""
 
 
 def make_module() -> AnsibleModule:
@@ -652,6 +1012,7 @@ def make_module() -> AnsibleModule:
                 "choices": ["started", "stopped", "absent", "reset"],
             },
             "vm_dir": {"type": "path", "required": True},
+            "state_dir": {"type": "path", "required": True},
             "disk": {"type": "path"},
             "kernel": {"type": "path"},
             "initrd": {"type": "path"},
@@ -665,6 +1026,9 @@ def make_module() -> AnsibleModule:
             "accel": {"type": "str", "default": "tcg", "choices": ["kvm", "tcg"]},
             "boot_timeout": {"type": "int", "default": 240},
             "qemu": {"type": "str", "default": "qemu-system-x86_64"},
+            "qemu_user": {"type": "str", "default": ""},
+            "min_free_mb": {"type": "int", "default": 1024},
+            "stop_timeout": {"type": "int", "default": 10},
         },
         required_if=[
             ("state", "started", ("disk", "kernel", "initrd", "authorized_key")),
@@ -680,13 +1044,22 @@ def main() -> None:
     vm = Vm(module)
     try:
         vm.apply()
-    except (VmError, subprocess.CalledProcessError) as exc:
+    except VmError as exc:
         module.fail_json(msg=str(exc), actions=vm.actions, console_log=vm.path(CONSOLE))
+    except OSError as exc:
+        # Anything doing() did not name: still an answer, not a traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        module.fail_json(
+            msg=f"{vm.p['name']}: {exc.strerror or exc}{where}; {advice(exc)}",
+            actions=vm.actions,
+            console_log=vm.path(CONSOLE),
+        )
     pid = running_pid(vm.dir)
     module.exit_json(
         changed=bool(vm.actions),
         state="running" if pid else ("absent" if not os.path.isdir(vm.dir) else "stopped"),
         pid=pid,
+        qemu_user=vm.qemu_user(pid),
         host_key=vm.host_key_pub(),
         console_log=vm.path(CONSOLE),
         boot_seconds=vm.boot_seconds,
