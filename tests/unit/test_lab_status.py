@@ -592,3 +592,30 @@ def test_report_module_check_mode_writes_nothing(
     assert result["changed"] is False and result["written"] is True
     assert result["generated_at"] == "2026-11-26T09:15:00+00:00"
     assert json.loads((tmp_path / "s/status.json").read_text()) == result["rows"]
+
+
+# --- the taint before the lab (a real host with a proprietary driver) ---------------------------------
+
+
+def test_probe_new_taint_leaves_out_the_taint_recorded_before_the_lab(host: FakeHost) -> None:
+    """A host tainted P (proprietary driver) from boot is clean after a reset when nothing was added since:
+    the reset's check is new_taint == 0, not tainted == 0 (which such a host would fail for ever)."""
+    proprietary = 1
+    host.kernel("6.1.0-56-amd64", tainted=proprietary, oops_count=0)
+    host.write("/proc/sys/kernel/random/boot_id", "b1\n")
+    host.write(
+        "/var/lib/chardev-lab/taint-before-lab.json",
+        json.dumps({"boot_id": "b0", "tainted": proprietary, "recorded_at": "2026-11-26T09:00:00+00:00"}),
+    )
+    result = host.probe()
+    assert (result["tainted"], result["new_taint"], result["crashed"]) == (proprietary, 0, False)
+    # Without the record the whole taint counts: a local VM's fresh disk must be untainted.
+    (host.root / "var/lib/chardev-lab/taint-before-lab.json").unlink()
+    assert host.probe()["new_taint"] == proprietary
+
+
+def test_probe_new_taint_shows_what_the_lab_added(host: FakeHost) -> None:
+    host.kernel("6.1.0-56-amd64", tainted=1 | TAINT_AFTER_CRASH, oops_count=2)
+    host.write("/var/lib/chardev-lab/taint-before-lab.json", json.dumps({"boot_id": "b0", "tainted": 1}))
+    result = host.probe()
+    assert result["new_taint"] == TAINT_AFTER_CRASH and result["crashed"] is True
