@@ -74,7 +74,7 @@ status: venv ## The fleet's state: a table, .lab/status/status.json and .lab/sta
 	ansible-playbook $(INVENTORY) playbooks/status.yml $(ARGS)
 
 .PHONY: reset
-reset: venv ## Reset crashed hosts (local VMs: a fresh disk; real hosts: a reboot), then verify
+reset: venv ## Reset crashed hosts (local VMs: rewound, else a fresh disk; real hosts: a reboot), then verify
 	ansible-playbook $(INVENTORY) playbooks/reset.yml $(ARGS)
 
 .PHONY: down

@@ -808,6 +808,7 @@ def stopped_vm(tmp_path: Path, image_files: dict[str, str]) -> Path:
                 "accel": "tcg",
                 "qemu": "/bin/true",
                 "qemu_user": "",
+                "machine_version": lab_vm_instance.MACHINE_VERSION,
             }
         )
     )

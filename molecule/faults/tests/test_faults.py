@@ -205,7 +205,11 @@ def test_killed_vm_is_found_unreachable_reset_and_clean(host):
         name_of(host), "Read kernel, headers, module, node, crash markers, stuck tasks and taint (read-only)"
     )
     assert probe.get("unreachable"), str(run)
-    assert "reset (unreachable): fresh disk" in run.messages(name_of(host)), str(run)
+    assert "reset (unreachable): rewind to the lab-ready point, else a fresh disk" in run.messages(
+        name_of(host)
+    ), str(run)
+    # QEMU itself is gone, so is its monitor: no rewind, a fresh disk.
+    assert "no rewind (cannot connect to QEMU's monitor" in run.messages(name_of(host)), str(run)
     assert run.task(name_of(host), "Check the clean state").get("failed") is not True, str(run)
     # A new boot of a fresh disk: SSH answers, no module, no taint.
     assert host.run("true").rc == 0

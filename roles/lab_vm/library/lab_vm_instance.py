@@ -240,6 +240,11 @@ from ansible.module_utils.basic import AnsibleModule
 OVERLAY = "overlay.qcow2"
 PIDFILE = "qemu.pid"
 CONSOLE = "console.log"
+#: QEMU's QMP monitor (lab_vm_rewind takes and restores the rewind point through it): a Unix socket in
+#: the VM's directory, mode 0600, never a TCP port.
+QMP_SOCKET = "qmp.sock"
+#: Bumped when the QEMU command line changes in a way a running VM must be restarted for.
+MACHINE_VERSION = 2
 CONFIG = "vm.json"
 HOST_KEY = "ssh_host_ed25519_key"
 VMS = "vms"
@@ -433,6 +438,8 @@ def qemu_command(
         "none",
         "-monitor",
         "none",
+        "-qmp",
+        f"unix:{qemu_value(os.path.join(vm_dir, QMP_SOCKET))},server=on,wait=off",
         "-serial",
         f"file:{os.path.join(vm_dir, CONSOLE)}",
         "-pidfile",
@@ -800,7 +807,7 @@ class Vm:
             "qemu",
             "qemu_user",
         )
-        return {k: self.p[k] for k in keys}
+        return {**{k: self.p[k] for k in keys}, "machine_version": MACHINE_VERSION}
 
     def saved_config(self) -> dict[str, Any]:
         try:
@@ -934,6 +941,9 @@ class Vm:
                 f"Command: {shlex.join(command)}\n"
                 f"Last lines of its console ({self.path(CONSOLE)}):\n{console_tail(self.dir)}"
             )
+        with doing(f"make QEMU's monitor socket {self.path(QMP_SOCKET)} private"):
+            # QEMU made it as root before -runas, with the umask's mode: only root may talk to it.
+            os.chmod(self.path(QMP_SOCKET), 0o600)
         self.wait_for_ssh(started)
 
     def wait_for_ssh(self, started: float) -> None:

@@ -15,6 +15,7 @@ path, a name beginning with "qemu", as a real QEMU's does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,6 +77,13 @@ def main(argv: list[str]) -> None:
     _proto, address, port_and_guest = hostfwd.split(":", 2)
     port = int(port_and_guest.split("-", 1)[0])
     console = open(opts["-serial"][0].removeprefix("file:"), "w", encoding="utf-8")  # noqa: SIM115
+    # The QMP monitor: like QEMU, a listening Unix socket made before daemonizing (nothing answers it).
+    qmp_path = split_options(opts["-qmp"][0])[0].removeprefix("unix:")
+    qmp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(qmp_path)
+    qmp.bind(qmp_path)
+    qmp.listen(1)
     listener = None
     if "boot" in modes:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

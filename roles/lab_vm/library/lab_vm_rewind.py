@@ -1,0 +1,248 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: keep and restore a lab VM's rewind point (a QEMU snapshot taken through QMP)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: lab_vm_rewind
+short_description: Keep and restore a lab VM's rewind point, a QEMU snapshot taken through QMP
+description:
+  - Talks to a running lab VM's QEMU through its QMP monitor socket (C(qmp.sock) in the VM's directory,
+    mode 0600, never a TCP port) with the C(qemu.qmp) client library.
+  - The rewind point is an internal snapshot of the VM's disk overlay and its whole state (memory,
+    devices, CPU) saved with the C(snapshot-save) job. Restoring it (C(snapshot-load)) puts the VM back
+    to the moment it was taken, without a reboot, in seconds.
+  - O(state=present) takes the point when the overlay holds none with O(tag); O(state=restored) loads
+    it (the VM runs on from there); O(state=absent) deletes it. Check mode reports what would change.
+  - A fresh overlay (M(lab_vm_instance) O(state=reset)) has no rewind point.
+requirements:
+  - qemu.qmp (Python, on the control node)
+  - QEMU 6.0 or later (the snapshot jobs)
+author:
+  - chardev-lab contributors
+options:
+  vm_dir:
+    description: The VM's directory (C(.lab/vms/<name>)), which holds C(qmp.sock) and C(overlay.qcow2).
+    type: path
+    required: true
+  state:
+    description: V(present) keeps a rewind point, V(restored) goes back to it, V(absent) removes it.
+    type: str
+    choices: [present, restored, absent]
+    default: present
+  tag:
+    description: The snapshot's name in the overlay.
+    type: str
+    default: lab-ready
+  timeout:
+    description: Seconds a snapshot job may take before the module gives up.
+    type: float
+    default: 300
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: [posix]
+notes:
+  - Run it on the control node (delegate_to localhost), as the user that started the VMs.
+"""
+
+EXAMPLES = r"""
+- name: Keep the lab-ready state of the VM
+  lab_vm_rewind:
+    vm_dir: .lab/vms/alice
+    state: present
+  delegate_to: localhost
+
+- name: Rewind a crashed VM
+  lab_vm_rewind:
+    vm_dir: .lab/vms/alice
+    state: restored
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+exists:
+  description: Whether the overlay holds the rewind point after the module ran.
+  returned: always
+  type: bool
+  sample: true
+seconds:
+  description: How long the snapshot job took (0 when nothing was done).
+  returned: always
+  type: float
+  sample: 3.2
+vm_state_size:
+  description: Bytes of VM state (memory and devices) the rewind point holds.
+  returned: always
+  type: int
+  sample: 214958080
+run_status:
+  description: The VM's run state after the module ran (C(query-status)), for example V(running).
+  returned: always
+  type: str
+  sample: running
+"""
+
+import os
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from qemu.qmp import ExecuteError
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    HAS_QMP = True
+except ImportError:
+    HAS_QMP = False
+
+QMP_SOCKET = "qmp.sock"
+OVERLAY = "overlay.qcow2"
+
+
+class RewindError(Exception):
+    """A failure to report with what to do."""
+
+
+def overlay_node(nodes: list[dict[str, Any]], overlay: str) -> dict[str, Any]:
+    """The qcow2 node of the VM's overlay among query-named-block-nodes' answer."""
+    real = os.path.realpath(overlay)
+    for node in nodes:
+        if node.get("drv") == "qcow2" and os.path.realpath(str(node.get("file", ""))) == real:
+            return node
+    raise RewindError(f"QEMU has no qcow2 node for {overlay}: is this a lab VM started by lab_vm_instance?")
+
+
+def find_snapshot(node: dict[str, Any], tag: str) -> dict[str, Any] | None:
+    for snapshot in (node.get("image") or {}).get("snapshots") or []:
+        if snapshot.get("name") == tag:
+            return snapshot
+    return None
+
+
+class Monitor:
+    """The VM's QMP monitor: a synchronous qemu.qmp client with a bound on every call."""
+
+    def __init__(self, vm_dir: str, timeout: float) -> None:
+        self.path = os.path.join(vm_dir, QMP_SOCKET)
+        self.timeout = timeout
+        if not os.path.exists(self.path):
+            raise RewindError(
+                f"{self.path} does not exist: the VM is not running, or was started before rewind points "
+                "existed (make lab restarts it with its monitor)"
+            )
+        self.qmp = QEMUMonitorProtocol(self.path)
+        try:
+            self.qmp.connect()
+        except Exception as exc:  # qemu.qmp raises its own ConnectError, OSError, asyncio errors
+            raise RewindError(f"cannot connect to QEMU's monitor {self.path}: {exc}") from exc
+        self.qmp.settimeout(30)
+
+    def close(self) -> None:
+        self.qmp.close()
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        try:
+            return self.qmp.cmd(name, **args)
+        except ExecuteError as exc:
+            raise RewindError(f"QMP {name} failed: {exc}") from exc
+
+    def node(self, overlay: str) -> dict[str, Any]:
+        return overlay_node(self.cmd("query-named-block-nodes", flat=True), overlay)
+
+    def run_job(self, command: str, job_id: str, **args: Any) -> float:
+        """Start a snapshot job and wait for it; returns its duration. Raises RewindError on failure."""
+        started = time.monotonic()
+        self.cmd(command, **{"job-id": job_id, **args})
+        deadline = started + self.timeout
+        while True:
+            job = next((j for j in self.cmd("query-jobs") if j.get("id") == job_id), None)
+            if job is None or job.get("status") == "concluded":
+                break
+            if time.monotonic() > deadline:
+                raise RewindError(f"{command} did not finish within {self.timeout:g} s (job {job_id})")
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        if job is not None:
+            self.cmd("job-dismiss", id=job_id)
+            if job.get("error"):
+                raise RewindError(f"{command} failed: {job['error']}")
+        return seconds
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    vm_dir, tag, state = params["vm_dir"], params["tag"], params["state"]
+    overlay = os.path.join(vm_dir, OVERLAY)
+    monitor = Monitor(vm_dir, float(params["timeout"]))
+    try:
+        node = monitor.node(overlay)
+        snapshot = find_snapshot(node, tag)
+        name = node["node-name"]
+        changed, seconds = False, 0.0
+        if state == "present" and snapshot is None:
+            changed = True
+            if not check_mode:
+                seconds = monitor.run_job(
+                    "snapshot-save", "lab-rewind-save", tag=tag, vmstate=name, devices=[name]
+                )
+        elif state == "restored":
+            if snapshot is None:
+                raise RewindError(
+                    f"{overlay} has no rewind point {tag!r}: run the lab first (make lab), or reset the VM "
+                    "with a fresh disk (playbooks/reset.yml -e reset_mode=fresh)"
+                )
+            changed = True
+            if not check_mode:
+                seconds = monitor.run_job(
+                    "snapshot-load", "lab-rewind-load", tag=tag, vmstate=name, devices=[name]
+                )
+                # snapshot-load leaves a VM that was stopped for it running again; make sure.
+                if monitor.cmd("query-status").get("status") != "running":
+                    monitor.cmd("cont")
+        elif state == "absent" and snapshot is not None:
+            changed = True
+            if not check_mode:
+                seconds = monitor.run_job("snapshot-delete", "lab-rewind-delete", tag=tag, devices=[name])
+        after = find_snapshot(monitor.node(overlay), tag)
+        status = monitor.cmd("query-status").get("status", "unknown")
+    finally:
+        monitor.close()
+    return {
+        "changed": changed,
+        "exists": after is not None,
+        "seconds": round(seconds, 2),
+        "vm_state_size": int((after or {}).get("vm-state-size", 0)),
+        "run_status": status,
+    }
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "vm_dir": {"type": "path", "required": True},
+            "state": {"type": "str", "choices": ["present", "restored", "absent"], "default": "present"},
+            "tag": {"type": "str", "default": "lab-ready"},
+            "timeout": {"type": "float", "default": 300},
+        },
+        supports_check_mode=True,
+    )
+    if not HAS_QMP:
+        module.fail_json(msg=missing_required_lib("qemu.qmp (pip install qemu.qmp; make venv installs it)"))
+    try:
+        result = run(module.params, module.check_mode)
+    except RewindError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg=f"talking to QEMU's monitor in {module.params['vm_dir']} failed: {exc}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
