@@ -89,6 +89,7 @@ run_status:
   sample: running
 """
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -96,7 +97,7 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
-    from qemu.qmp import ExecuteError
+    from qemu.qmp import ExecuteError, QMPError
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
     HAS_QMP = True
@@ -104,6 +105,8 @@ except ImportError:
     HAS_QMP = False
 
 QMP_SOCKET = "qmp.sock"
+#: Seconds one QMP command may take (a snapshot job is polled, not awaited, so this stays short).
+COMMAND_TIMEOUT = 30
 OVERLAY = "overlay.qcow2"
 
 
@@ -143,16 +146,24 @@ class Monitor:
             self.qmp.connect()
         except Exception as exc:  # qemu.qmp raises its own ConnectError, OSError, asyncio errors
             raise RewindError(f"cannot connect to QEMU's monitor {self.path}: {exc}") from exc
-        self.qmp.settimeout(30)
+        self.qmp.settimeout(COMMAND_TIMEOUT)
 
     def close(self) -> None:
-        self.qmp.close()
+        # A monitor that went away mid-command must not hide why.
+        with contextlib.suppress(Exception):
+            self.qmp.close()
 
     def cmd(self, name: str, **args: Any) -> Any:
         try:
             return self.qmp.cmd(name, **args)
         except ExecuteError as exc:
             raise RewindError(f"QMP {name} failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise RewindError(
+                f"QEMU's monitor {self.path} did not answer {name} within {COMMAND_TIMEOUT} s"
+            ) from exc
+        except (QMPError, EOFError, OSError) as exc:
+            raise RewindError(f"QEMU's monitor {self.path} went away during {name}: {exc!r}") from exc
 
     def node(self, overlay: str) -> dict[str, Any]:
         return overlay_node(self.cmd("query-named-block-nodes", flat=True), overlay)
@@ -160,6 +171,10 @@ class Monitor:
     def run_job(self, command: str, job_id: str, **args: Any) -> float:
         """Start a snapshot job and wait for it; returns its duration. Raises RewindError on failure."""
         started = time.monotonic()
+        # A job of an earlier run that timed out may still be there, concluded: its id would be refused.
+        for job in self.cmd("query-jobs"):
+            if job.get("id") == job_id and job.get("status") == "concluded":
+                self.cmd("job-dismiss", id=job_id)
         self.cmd(command, **{"job-id": job_id, **args})
         deadline = started + self.timeout
         while True:
@@ -223,16 +238,21 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     }
 
 
+ARGUMENT_SPEC: dict[str, Any] = {
+    "vm_dir": {"type": "path", "required": True},
+    "state": {"type": "str", "choices": ["present", "restored", "absent"], "default": "present"},
+    "tag": {"type": "str", "default": "lab-ready"},
+    "timeout": {"type": "float", "default": 300},
+}
+
+
+def make_module() -> AnsibleModule:
+    """The AnsibleModule with this module's argument spec."""
+    return AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "vm_dir": {"type": "path", "required": True},
-            "state": {"type": "str", "choices": ["present", "restored", "absent"], "default": "present"},
-            "tag": {"type": "str", "default": "lab-ready"},
-            "timeout": {"type": "float", "default": 300},
-        },
-        supports_check_mode=True,
-    )
+    module = make_module()
     if not HAS_QMP:
         module.fail_json(msg=missing_required_lib("qemu.qmp (pip install qemu.qmp; make venv installs it)"))
     try:
@@ -240,7 +260,9 @@ def main() -> None:
     except RewindError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg=f"talking to QEMU's monitor in {module.params['vm_dir']} failed: {exc}")
+        module.fail_json(
+            msg=f"talking to QEMU's monitor in {module.params['vm_dir']} failed: {exc or type(exc).__name__}"
+        )
     module.exit_json(**result)
 
 
