@@ -1122,6 +1122,11 @@ def render(r: dict[str, Any], command: str) -> str:
         "A classroom (one VM against four, every step of the class timed) is measured by "
         "`tools/bench_fleet.py` (`make bench-fleet`): [benchmarks-fleet.md](benchmarks-fleet.md).",
         "",
+        "The lab itself (Ansible against a plain shell script on an identical VM, per phase; a second run "
+        "with nothing to do; a crashed VM rewound against a fresh disk plus the lab again) is measured by "
+        "`tools/bench_lab.py` (`make bench-lab`, part of `make bench`): "
+        "[benchmarks-lab.md](benchmarks-lab.md).",
+        "",
     ]
     return scrub("\n".join(out))
 
