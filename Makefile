@@ -14,7 +14,7 @@ HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client 
 # Packages only the tests need: the status page is checked in a real headless browser.
 TEST_PACKAGES := chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# classroom boots two VMs (a class from a roster), default three, faults one, crash six. classroom runs
+# classroom boots two VMs (a class from a roster), default three, faults one, crash three. classroom runs
 # first: it also checks what every VM needs (kernel, host key, Python, isolation) before any lab runs.
 SCENARIOS ?= classroom default faults crash
 
@@ -104,8 +104,13 @@ molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="classroo
 test: test-deps lint unit browser molecule ## Everything CI runs
 
 .PHONY: bench
-bench: setup ## Measure image build, cache reuse and boot time (writes docs/benchmarks.md)
+bench: setup ## Image build, cache reuse, boot time (docs/benchmarks.md), then the lab itself (bench-lab)
 	$(BIN)/python tools/bench.py --output docs/benchmarks.md
+	$(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
+
+.PHONY: bench-lab
+bench-lab: setup ## The lab on one VM against a shell script, a second run, rewind vs fresh disk (docs/benchmarks-lab.md)
+	$(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
 
 .PHONY: bench-fleet
 bench-fleet: setup ## Measure a class of one and of four local VMs, step by step (docs/benchmarks-fleet.md)
