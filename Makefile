@@ -14,7 +14,7 @@ HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client 
 # Packages only the tests need: the status page is checked in a real headless browser.
 TEST_PACKAGES := chromium chromium-driver
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# classroom boots two VMs (a class from a roster), default three, faults one, crash three. classroom runs
+# classroom boots two VMs (a class from a roster), default three, faults one, crash six. classroom runs
 # first: it also checks what every VM needs (kernel, host key, Python, isolation) before any lab runs.
 SCENARIOS ?= classroom default faults crash
 

@@ -33,10 +33,9 @@ def on_target(host, code: str, *args: str) -> dict:
 
 
 def phase() -> str:
-    """The phase the scenario's playbooks wrote into the marker (molecule/crash: converge.yml writes the
-    first, side_effect.yml each next one); "" when there is none."""
+    """'crashed' after converge, 'reset' once the side_effect (playbooks/reset.yml) ran."""
     marker = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "phase"
-    return marker.read_text().strip() if marker.exists() else ""
+    return marker.read_text().strip() if marker.exists() else "crashed"
 
 
 @dataclasses.dataclass
