@@ -11,12 +11,15 @@ export ANSIBLE_FORCE_COLOR ?= $(if $(CI),0,1)
 
 # Packages the control node needs (Debian/Ubuntu names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client python3-venv make
-# Packages only the tests need: the status page is checked in a real headless browser.
-TEST_PACKAGES := chromium chromium-driver
+# Packages only the tests need: the status page is checked in a real headless browser; pahole (dwarves)
+# reads the lab VMs' BTF, a second opinion on the lab's own BTF reader.
+TEST_PACKAGES := chromium chromium-driver dwarves
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-# classroom boots two VMs (a class from a roster), default three, faults one, crash six. classroom runs
-# first: it also checks what every VM needs (kernel, host key, Python, isolation) before any lab runs.
-SCENARIOS ?= classroom default faults crash
+# classroom boots two VMs (a class from a roster), faults one, crash three (one per kernel, rewound
+# between its crashes; it also runs the default scenario's lab checks on its rewound VMs, so CI does not
+# boot default's three VMs: `molecule test -s default` still runs them alone). classroom runs first: it
+# also checks what every VM needs (kernel, host key, Python, isolation) before any lab runs.
+SCENARIOS ?= classroom faults crash
 
 # A classroom: make lab ROSTER=path/to/roster.csv (and status, reset, down, ssh with the same ROSTER=).
 # The roster becomes the inventory through the chardev_roster plugin (inventory/roster.yml), which
@@ -39,7 +42,7 @@ host-deps: ## Install the control node's packages (apt; as root or with sudo)
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(HOST_PACKAGES)"
 
 .PHONY: test-deps
-test-deps: ## Install what only the tests need (headless Chromium for the status page)
+test-deps: ## Install what only the tests need (headless Chromium for the status page, pahole)
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)"
 
 .PHONY: apt-install
@@ -69,6 +72,14 @@ setup: host-deps venv
 lab: setup ## Set up, start the local fleet and run the lab (lab.yml); ROSTER=roster.csv for a class
 	ansible-playbook $(INVENTORY) lab.yml $(ARGS)
 
+.PHONY: lesson
+lesson: setup ## The student's own crash: the lab stops with the crash variant loaded (docs/lesson.md)
+	ansible-playbook $(INVENTORY) lab.yml --skip-tags crash,demo -e chardev_variant=crash $(ARGS)
+
+.PHONY: check
+check: venv ## Recognise, judge and explain the crash a student made by hand (playbooks/check.yml)
+	ansible-playbook $(INVENTORY) playbooks/check.yml $(ARGS)
+
 .PHONY: status
 status: venv ## The fleet's state: a table, .lab/status/status.json and .lab/status/index.html
 	ansible-playbook $(INVENTORY) playbooks/status.yml $(ARGS)
@@ -97,7 +108,7 @@ browser: venv test-deps ## The status page in headless Chromium, from a fixture 
 	pytest -q tests/browser
 
 .PHONY: molecule
-molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="classroom default faults crash")
+molecule: setup test-deps ## Molecule scenarios on real VMs (SCENARIOS="classroom faults crash"; default runs alone)
 	@set -e; for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s; done
 
 .PHONY: test

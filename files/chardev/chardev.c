@@ -3,8 +3,9 @@
  * chardev.c - a tiny character device for the chardev lab.
  *
  * Reading /dev/chardev returns "I already told you N times Hello world!\n",
- * where N counts the successful opens since the module was loaded, this one
- * included. Only one process may hold the device open at a time; a second
+ * where N counts the successful opens since the module was loaded before this
+ * one: the first cat after loading says 0, the next 1, as in the article (the
+ * count is printed, then incremented). Only one process may hold the device open at a time; a second
  * open() fails with EBUSY. Writing fails with EINVAL.
  *
  * The same source builds three variants, chosen with "make VARIANT=...":
@@ -101,10 +102,10 @@ static int chardev_open(struct inode *inode, struct file *file)
 	}
 #endif
 
-	times_opened++;
+	/* Print, then count: the first open says 0, as the article's module does. */
 	msg_len = scnprintf(msg, sizeof(msg),
 			    "I already told you %u times Hello world!\n",
-			    times_opened);
+			    times_opened++);
 	return 0;
 }
 

@@ -146,6 +146,8 @@ def test_run_files() -> None:
         "trigger": "/run/chardev-lab/trigger",
         "log": "/run/chardev-lab/victim.log",
         "program": "/run/chardev-lab/chardev_victim.py",
+        "layout": "/run/chardev-lab/layout.json",
+        "settings": "/run/chardev-lab/settings-before.json",
     }
     assert run_files("/tmp/x")["victim"] == "/tmp/x/victim.pid"
 

@@ -102,10 +102,11 @@ class FakeChardev:
             raise OSError(errno.ENXIO, os.strerror(errno.ENXIO))
         if self.exclusive and self.files:
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        self.count += self.step
+        # Like the module (and the article's): print the count, then increment it.
         fd = self.next_fd
         self.next_fd += 1
         self.files[fd] = {"data": message(self.count).encode(), "pos": 0}
+        self.count += self.step
         return fd
 
     def read(self, fd: int, size: int) -> bytes:
@@ -402,8 +403,9 @@ def test_main_all_good(capsys: pytest.CaptureFixture[str]) -> None:
     result = run_main(fake, SAFE, capsys)
     assert result["ok"] is True, result["errors"]
     assert result["device"] == DEVICE and result["variant"] == "safe"
-    assert [r["n"] for r in result["reads"]] == [4, 5, 6]
-    assert result["reads"][0]["message"] == message(4)
+    assert [r["n"] for r in result["reads"]] == [3, 4, 5]
+    assert result["reads"][0]["message"] == message(3)
+    assert result["first_count"] == {"expected": None, "ok": None}
     assert result["ebusy"]["ok"] and result["write_refused"]["ok"]
     assert result["rmmod_refused"]["ok"] is True
     assert result["rmmod_refused"]["refcount"] == 1
@@ -418,9 +420,29 @@ def test_main_the_next_run_continues_the_count(capsys: pytest.CaptureFixture[str
     fake = FakeChardev()
     first = run_main(fake, SAFE, capsys)
     second = run_main(fake, SAFE, capsys)
-    assert [r["n"] for r in first["reads"]] == [1, 2, 3]
-    assert [r["n"] for r in second["reads"]] == [7, 8, 9]
+    assert [r["n"] for r in first["reads"]] == [0, 1, 2]
+    assert [r["n"] for r in second["reads"]] == [6, 7, 8]
     assert second["ok"] is True
+
+
+def test_main_first_count_after_loading_is_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeChardev()
+    result = run_main(fake, [*SAFE, "--first-count", "0"], capsys)
+    assert result["ok"] is True, result["errors"]
+    assert result["summary"][0] == "read 1: I already told you 0 times Hello world!"
+    assert result["first_count"] == {"expected": 0, "ok": True}
+
+
+def test_main_first_count_wrong_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # A module that increments before printing (the lab's before issue 10) says 1 first.
+    fake = FakeChardev(count=1)
+    result = run_main(fake, [*SAFE, "--first-count", "0"], capsys)
+    assert result["ok"] is False
+    assert result["first_count"] == {"expected": 0, "ok": False}
+    assert result["errors"] == [
+        "read 1: the first count was 1, expected 0 "
+        "(the module prints the count, then increments it: the first read after loading says 0)"
+    ]
 
 
 def test_main_crash_variant_never_runs_rmmod(capsys: pytest.CaptureFixture[str]) -> None:
@@ -428,7 +450,7 @@ def test_main_crash_variant_never_runs_rmmod(capsys: pytest.CaptureFixture[str])
     result = run_main(fake, ["--variant", "crash", "--reads", "2"], capsys)
     assert result["ok"] is True, result["errors"]
     assert result["rmmod_refused"] is None
-    assert [r["n"] for r in result["reads"]] == [1, 2]
+    assert [r["n"] for r in result["reads"]] == [0, 1]
     assert not any(call[0] in ("run", "read_text") for call in fake.calls)
     assert fake.files == {}
 
@@ -438,8 +460,8 @@ def test_main_counts_not_consecutive(capsys: pytest.CaptureFixture[str]) -> None
     result = run_main(fake, SAFE, capsys)
     assert result["ok"] is False
     assert result["counts_consecutive"] is False
-    assert [r["n"] for r in result["reads"]] == [2, 4, 6]
-    assert result["errors"] == ["the counts are not consecutive: 2, 4, 6 (each open should add exactly one)"]
+    assert [r["n"] for r in result["reads"]] == [0, 2, 4]
+    assert result["errors"] == ["the counts are not consecutive: 0, 2, 4 (each open should add exactly one)"]
 
 
 def test_main_second_open_succeeds(capsys: pytest.CaptureFixture[str]) -> None:

@@ -148,6 +148,22 @@ def test_probe_ready_host(ready: FakeHost) -> None:
         "taint_baseline": None,
         "new_taint": TAINT_UNSIGNED_MODULE,
         "reboot_required": False,
+        "check": None,
+    }
+
+
+def test_probe_reads_the_last_verdict_of_check_yml(ready: FakeHost) -> None:
+    ready.write(
+        "/run/chardev-lab/check.json",
+        '{"verdict": "not_unloaded", "as_expected": null, "summary": "no crash: the safe variant", '
+        '"hint": "load the crash variant", "explanation": null, "checked_at": "2026-11-26T14:00:00+00:00"}',
+    )
+    assert ready.probe()["check"] == {
+        "verdict": "not_unloaded",
+        "as_expected": None,
+        "summary": "no crash: the safe variant",
+        "explanation": None,
+        "checked_at": "2026-11-26T14:00:00+00:00",
     }
 
 

@@ -33,9 +33,10 @@ def on_target(host, code: str, *args: str) -> dict:
 
 
 def phase() -> str:
-    """'crashed' after converge, 'reset' once the side_effect (playbooks/reset.yml) ran."""
+    """The phase the scenario's playbooks wrote into the marker (molecule/crash: converge.yml writes the
+    first, side_effect.yml each next one); "" when there is none."""
     marker = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "phase"
-    return marker.read_text().strip() if marker.exists() else "crashed"
+    return marker.read_text().strip() if marker.exists() else ""
 
 
 @dataclasses.dataclass

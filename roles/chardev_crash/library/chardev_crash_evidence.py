@@ -64,6 +64,22 @@ options:
       - 0 takes the evidence at once.
     type: float
     default: 0
+  kernel_diagnostics:
+    description:
+      - "Also gather the kernel's own diagnostics of the watched tasks that are in state C(D): the
+        hung-task detector's report (C(INFO: task NAME:PID blocked for more than N seconds), waited for
+        at most O(hung_task_wait) seconds) and a SysRq C(w) dump (C(sysrq: Show Blocked State)), and
+        expect both (markers C(hung_task_report), C(sysrq_w_blocked)). Tasks in C(X) are listed as not
+        applicable. Writing C(w) to C(/proc/sysrq-trigger) only prints to the kernel log."
+      - Skipped in check mode.
+    type: bool
+    default: false
+  hung_task_wait:
+    description:
+      - Seconds to wait for the hung-task detector's reports with O(kernel_diagnostics). It reports a task
+        blocked for C(kernel.hung_task_timeout_secs) within about twice that time.
+    type: float
+    default: 30
   log_lines:
     description:
       - Maximum number of kernel log lines returned in RV(oops_lines), from the first oops headline on.
@@ -259,6 +275,63 @@ kill_test_done:
   returned: always
   type: bool
   sample: true
+faults:
+  description:
+    - Every oops in the kernel log, parsed (headline, faulting address, access, RIP, task) and explained
+      against the module's layout recorded before the unload (C(layout.json) in O(run_dir)) and the kernel's
+      BTF (C(/sys/kernel/btf/vmlinux)); C(text) says it in one sentence, C(symbol), C(offset), C(struct),
+      C(member) name the memory. Unknown fields are null, never guessed.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - role: primary
+      headline: "BUG: unable to handle page fault for address: ffffffffc0a651b0"
+      address: "0xffffffffc0a651b0"
+      rip: vfs_read+0x8a/0x2f0
+      pid: 1633
+      comm: chardev-victim
+      symbol: chardev_fops
+      offset: 16
+      section: .rodata
+      struct: file_operations
+      member: read
+      text: "the kernel read chardev_fops+0x10, the .read pointer of the module's struct file_operations, in
+        memory freed when chardev was unloaded"
+explanation:
+  description: The first entry of RV(faults) (the victim's own fault), null without an oops.
+  returned: always
+  type: dict
+  sample: {symbol: chardev_fops, offset: 16, member: read, text: "the kernel read chardev_fops+0x10, ..."}
+btf_problem:
+  description: Why the kernel's BTF could not be read (no member is named then), null when it was.
+  returned: always
+  type: str
+  sample: null
+hung_task:
+  description:
+    - With O(kernel_diagnostics), the hung-task detector's word; null without it.
+    - C(reported) maps each role in C(D) to whether the kernel reported it; C(not_applicable) says why a
+      role is not judged (not in C(D)); C(reports) holds each report's comm, pid, seconds, stack functions
+      and log lines.
+  returned: always
+  type: dict
+  sample:
+    timeout_secs: 10
+    reported: {reader: true}
+    not_applicable: {victim: "not in D: ... (pid 812 is in X)"}
+    reports: [{comm: chardev-reader, pid: 813, seconds: 10, stack: [__schedule, schedule], lines: ["..."]}]
+sysrq_w:
+  description:
+    - With O(kernel_diagnostics), the SysRq C(w) dump (tasks in C(D) and their stacks); null without it.
+  returned: always
+  type: dict
+  sample:
+    done: true
+    shown: {reader: true}
+    tasks: [{comm: chardev-reader, pid: 813, state: D, stack: [__schedule, schedule, pipe_read]}]
+    lines: ["sysrq: Show Blocked State"]
+    error: null
 msg:
   description: A one-line summary, saying when check mode skipped the kill test.
   returned: always
@@ -277,8 +350,10 @@ from ansible.module_utils.chardev_crash import (
     MODES,
     compare,
     decode_taint,
+    diagnostics_markers,
     expected_outcome,
     gather_tasks,
+    kernel_diagnostics,
     observed_from,
     parse_kernel_log,
     parse_oops_count,
@@ -286,9 +361,11 @@ from ansible.module_utils.chardev_crash import (
     pidfiles_for,
     read_kernel_log_lines,
     read_optional,
+    run_files,
     taint_letters,
     task_to_dict,
 )
+from ansible.module_utils.chardev_fault import BTF_PATH, explain_log
 
 #: Root of /proc and /sys; tests point it at a fake tree.
 ROOT = "/"
@@ -319,7 +396,8 @@ def wait_until_stuck(pidfiles: dict[str, str], judged: set[str], settle: float) 
 def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     """The module's work, without AnsibleModule: returns the result dict."""
     release = params.get("kernel_release") or os.uname().release
-    expected = expected_outcome(release, params["mode"])
+    diagnose = bool(params.get("kernel_diagnostics")) and not check_mode
+    expected = expected_outcome(release, params["mode"], diagnostics=diagnose)
     kill_test = bool(params["kill_test"]) and not check_mode
     pidfiles = pidfiles_for(params["mode"], params["run_dir"])
     wait_until_stuck(pidfiles, set(expected["tasks"]), float(params.get("settle") or 0))
@@ -330,11 +408,27 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         kill_wait=float(params["kill_wait"]),
         kill=SEND_SIGNAL,
     )
+    diagnostics = None
+    if diagnose:
+        diagnostics = kernel_diagnostics(
+            [{"role": task.role, "pid": task.pid, "state": task.state} for task in tasks],
+            lambda: read_kernel_log()[0],
+            root=ROOT,
+            wait=float(params.get("hung_task_wait") or 0),
+            clock=CLOCK,
+            sleep=SLEEP,
+        )
     lines, source = read_kernel_log()
     log = parse_kernel_log(lines, max_lines=params["log_lines"])
     tainted_text = read_optional(os.path.join(ROOT, "proc/sys/kernel/tainted"))
     tainted = parse_tainted(tainted_text) if tainted_text and tainted_text.strip().isdigit() else None
+    layout_text = read_optional(os.path.join(ROOT, run_files(params["run_dir"])["layout"].lstrip("/")))
+    boot_id = (read_optional(os.path.join(ROOT, "proc/sys/kernel/random/boot_id")) or "").strip() or None
+    btf_path = os.path.join(ROOT, BTF_PATH.lstrip("/"))
+    explained = explain_log(lines, layout_text, boot_id=boot_id, btf_path=btf_path)
     observed = observed_from(tasks, log, tainted)
+    if diagnostics is not None:
+        observed.update(diagnostics_markers(diagnostics))
     mismatches = compare(expected, observed)
     if mismatches:
         msg = f"crash evidence differs from the expectation for {release} ({params['mode']}): " + "; ".join(
@@ -364,6 +458,11 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         "mismatches": mismatches,
         "as_expected": not mismatches,
         "kill_test_done": kill_test,
+        "faults": explained["faults"],
+        "explanation": explained["primary"],
+        "btf_problem": explained["btf"],
+        "hung_task": (diagnostics or {}).get("hung_task"),
+        "sysrq_w": (diagnostics or {}).get("sysrq_w"),
         "msg": msg,
     }
 
@@ -379,6 +478,8 @@ def make_module() -> AnsibleModule:
             "kernel_release": {"type": "str"},
             "log_lines": {"type": "int", "default": 20},
             "settle": {"type": "float", "default": 0},
+            "kernel_diagnostics": {"type": "bool", "default": False},
+            "hung_task_wait": {"type": "float", "default": 30},
         },
         supports_check_mode=True,
     )

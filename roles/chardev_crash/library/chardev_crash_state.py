@@ -20,6 +20,12 @@ description:
   - O(operation=stop_leftover) stops the victim of an interrupted run that still holds the device open
     while the module is loaded (SIGTERM, then SIGKILL); only tasks whose pid and start time match their
     PID file are signalled, and never on a kernel that crashed.
+  - O(operation=prepare) gets a loaded crash variant ready for the lesson. It records where the module
+    lives (C(/sys/module/chardev/sections) and its C(/proc/kallsyms) lines, in C(layout.json) in the run
+    directory; the oops's address is explained against it after the unload), and lowers
+    C(kernel.hung_task_timeout_secs) to O(hung_task_timeout) for this boot, keeping the value before in
+    C(settings-before.json) (a reset, rewind or reboot, brings the kernel's own value back). It changes
+    nothing when both are already so.
   - O(operation=mark) writes the record with state C(unloading) before the module is removed, so that a
     run interrupted anywhere after it is known; O(operation=record) completes it with the evidence.
 author:
@@ -28,7 +34,7 @@ options:
   operation:
     description: What to do; see the description.
     type: str
-    choices: [read, stop_leftover, mark, record]
+    choices: [read, stop_leftover, prepare, mark, record]
     default: read
   run_dir:
     description: The crash role's run directory on the target (tmpfs, cleared by a reboot).
@@ -41,6 +47,13 @@ options:
   evidence:
     description: The result of M(chardev_crash_evidence), for O(operation=record).
     type: dict
+  hung_task_timeout:
+    description:
+      - With O(operation=prepare), the value for C(kernel.hung_task_timeout_secs), so that the kernel
+        itself reports the stuck tasks soon (C(blocked for more than N seconds)); 0 leaves it alone.
+      - Not lowered when C(kernel.hung_task_panic) is 1 (the report would panic the kernel).
+    type: int
+    default: 10
   record_taint_baseline:
     description:
       - With O(operation=read), record the kernel's taint before the lab in
@@ -130,6 +143,25 @@ stopped:
   type: list
   elements: int
   sample: [812]
+layout:
+  description:
+    - With O(operation=prepare), where the module lives, as recorded in C(layout.json), with its sections and
+      its C(/proc/kallsyms) symbols (addresses as hex text), the boot id and the kernel release.
+  returned: when O(operation=prepare)
+  type: dict
+  sample:
+    module: chardev
+    boot_id: 0b7c6c3e-1f0e-4d43-9a0e-5b2b1c7e8f90
+    kernel: 6.1.0-56-amd64
+    sections: {.rodata: "0xffffffffc0a65160", .text: "0xffffffffc0a63000"}
+    symbols: [{name: chardev_fops, type: r, address: "0xffffffffc0a651a0"}]
+    readable: true
+    reason: null
+hung_task_timeout:
+  description: With O(operation=prepare), the hung-task timeout before and now, and why if not lowered.
+  returned: when O(operation=prepare)
+  type: dict
+  sample: {before: 120, now: 10, lowered: true, why: null}
 """
 
 import contextlib
@@ -140,7 +172,10 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.chardev_check import LESSON_MARKER_PATH
 from ansible.module_utils.chardev_crash import (
+    HUNG_TASK_PANIC_FILE,
+    HUNG_TASK_TIMEOUT_FILE,
     RECORD_CRASHED,
     RECORD_UNLOADING,
     ROLE_READER,
@@ -153,6 +188,7 @@ from ansible.module_utils.chardev_crash import (
     run_files,
     taint_baseline_entry,
 )
+from ansible.module_utils.chardev_fault import capture_layout
 
 #: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
 ROOT = "/"
@@ -231,6 +267,75 @@ def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool) -> list
     return stopped
 
 
+def read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    """Record the loaded module's layout and lower the hung-task timeout for the lesson (idempotent)."""
+    files = run_files(params["run_dir"])
+    changed = False
+    layout = capture_layout(ROOT)
+    if not layout["readable"]:
+        raise ValueError(
+            f"cannot record where chardev lives: {layout['reason']} (run as root, module loaded)"
+        )
+    if read_json(under(files["layout"])) != layout:
+        changed = True
+        if not check_mode:
+            write_json(under(files["layout"]), layout)
+
+    # Persistent, unlike the run directory: a check in a later boot then knows the machine restarted
+    # since the crash variant was ready (a panic, or a reset).
+    marker = read_json(under(LESSON_MARKER_PATH))
+    if not (isinstance(marker, dict) and marker.get("boot_id") == layout["boot_id"]):
+        changed = True
+        if not check_mode:
+            write_json(under(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": now()})
+
+    wanted = int(params.get("hung_task_timeout") or 0)
+    timeout_path = under("/" + HUNG_TASK_TIMEOUT_FILE)
+    before = read_int(timeout_path)
+    hung = {"before": before, "now": before, "lowered": False, "why": None}
+    saved = read_json(under(files["settings"]))
+    if isinstance(saved, dict) and saved.get("boot_id") == layout["boot_id"]:
+        hung["before"] = saved.get("hung_task_timeout_secs")
+    if wanted <= 0:
+        hung["why"] = "left alone (hung_task_timeout 0)"
+    elif before is None:
+        hung["why"] = f"{HUNG_TASK_TIMEOUT_FILE} is missing: this kernel has no hung-task detector"
+    elif read_int(under("/" + HUNG_TASK_PANIC_FILE)) == 1:
+        hung["why"] = (
+            "kernel.hung_task_panic is 1: a hung-task report would panic the kernel, so it is left alone"
+        )
+    elif before != wanted:
+        changed = True
+        hung.update(now=wanted, lowered=True)
+        if not check_mode:
+            if not (isinstance(saved, dict) and saved.get("boot_id") == layout["boot_id"]):
+                write_json(
+                    under(files["settings"]),
+                    {"boot_id": layout["boot_id"], "hung_task_timeout_secs": before, "saved_at": now()},
+                )
+            with open(timeout_path, "w", encoding="ascii") as handle:
+                handle.write(f"{wanted}\n")
+    else:
+        hung["lowered"] = hung["before"] != wanted
+    return {"changed": changed, "layout": layout, "hung_task_timeout": hung}
+
+
 def mark(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     pidfiles = {role: under(path) for role, path in pidfiles_for(params["mode"], params["run_dir"]).items()}
     tasks = gather_tasks(pidfiles, ROOT, kill_test=False)
@@ -274,6 +379,8 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         raise ValueError(f"operation={operation} needs mode")
     if operation == "record" and not params.get("evidence"):
         raise ValueError("operation=record needs evidence (the result of chardev_crash_evidence)")
+    if operation == "prepare":
+        return prepare(params, check_mode)
     if operation == "mark":
         return {"changed": True, "record": mark(params, check_mode)}
     if operation == "record":
@@ -296,13 +403,14 @@ def make_module() -> AnsibleModule:
         argument_spec={
             "operation": {
                 "type": "str",
-                "choices": ["read", "stop_leftover", "mark", "record"],
+                "choices": ["read", "stop_leftover", "prepare", "mark", "record"],
                 "default": "read",
             },
             "run_dir": {"type": "path", "default": "/run/chardev-lab"},
             "mode": {"type": "str", "choices": ["read", "splice"]},
             "evidence": {"type": "dict"},
             "record_taint_baseline": {"type": "bool", "default": False},
+            "hung_task_timeout": {"type": "int", "default": 10},
         },
         supports_check_mode=True,
     )

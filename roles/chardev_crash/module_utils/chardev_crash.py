@@ -95,8 +95,11 @@ def parse_kernel_release(release: str) -> tuple[int, int, int]:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
-def expected_outcome(kernel_release: str, mode: str) -> dict[str, Any]:
+def expected_outcome(kernel_release: str, mode: str, diagnostics: bool = False) -> dict[str, Any]:
     """The expected result of the crash for this kernel and victim mode, as a JSON-friendly dict.
+
+    With diagnostics, the kernel's own reports of the tasks in D (hung-task detector, SysRq w) are
+    expected too (kernel_diagnostics() gathers them).
 
     Keys: kernel_release, kernel_version [major, minor, patch], mode, tasks (role -> expectation with
     state, wchan_patterns, unkillable, why), markers (kernel-log/taint marker -> True).
@@ -140,6 +143,9 @@ def expected_outcome(kernel_release: str, mode: str) -> dict[str, Any]:
             "recursive_fault": True,
             "last_unloaded_chardev": True,
             "taint_die": True,
+            # The kernel's own diagnostics of the tasks in D (victim before 5.17, pipe reader always):
+            # kernel_diagnostics() notes the X tasks as not applicable.
+            **({"hung_task_report": True, "sysrq_w_blocked": True} if diagnostics else {}),
         },
     }
 
@@ -159,6 +165,8 @@ class ProcStat:
     ppid: int
     #: Clock ticks after boot at which the task started (field 22): with the pid, who the task is.
     starttime: int | None = None
+    #: The task's PF_* flags (field 9); PF_KTHREAD tells a kernel thread.
+    flags: int | None = None
 
 
 def parse_proc_stat(text: str) -> ProcStat:
@@ -176,13 +184,19 @@ def parse_proc_stat(text: str) -> ProcStat:
         raise ValueError(f"truncated /proc/<pid>/stat line: {text[:80]!r}")
     # rest[0] is field 3 (state), so field N is rest[N - 3]; starttime is field 22.
     starttime = int(rest[19]) if len(rest) > 19 and rest[19].isdigit() else None
+    flags = int(rest[6]) if len(rest) > 6 and rest[6].isdigit() else None
     return ProcStat(
         pid=int(text[:open_paren].strip()),
         comm=text[open_paren + 1 : close_paren],
         state=rest[0],
         ppid=int(rest[1]),
         starttime=starttime,
+        flags=flags,
     )
+
+
+#: include/linux/sched.h: the task is a kernel thread.
+PF_KTHREAD = 0x00200000
 
 
 def parse_wchan(text: str) -> str | None:
@@ -298,6 +312,88 @@ def parse_kernel_log(text: str | Sequence[str], max_lines: int = 20) -> KernelLo
     return evidence
 
 
+# The kernel's own diagnostics of a task stuck in D (TASK_UNINTERRUPTIBLE), both printed to the log:
+#  * the hung-task detector (khungtaskd) reports a task whose context-switch count has not moved for
+#    kernel.hung_task_timeout_secs: "INFO: task chardev-reader:523 blocked for more than 10 seconds.",
+#    then "task:chardev-reader state:D stack:0 pid:523 ppid:1 flags:..." and the call trace. It looks at
+#    D tasks only: a task in X (EXIT_DEAD, 5.17+) is never reported. It stops after
+#    kernel.hung_task_warnings reports (10 by default) per boot.
+#  * SysRq w ("echo w > /proc/sysrq-trigger", root only, whatever kernel.sysrq says) prints
+#    "sysrq: Show Blocked State" and the same task line and trace for every task in D at that moment.
+_HUNG_TASK_RE = re.compile(r"INFO: task (.+):(\d+) blocked for more than (\d+) seconds")
+SYSRQ_BLOCKED_MARKER = "sysrq: Show Blocked State"
+# 5.10 pads the fields ("stack:    0 pid:  523"); 6.12 adds "tgid:".
+_TASK_LINE_RE = re.compile(r"^task:(.*?)\s+state:(\S+)\s.*?\bpid:\s*(\d+)")
+_TRACE_FRAME_RE = re.compile(r"^\s*(?:\? )?([A-Za-z_][A-Za-z0-9_.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
+
+
+def _task_dumps(lines: Sequence[str], max_frames: int = 16) -> list[dict[str, Any]]:
+    """The "task:... state:... pid:..." blocks in lines, each with its call trace's function names."""
+    dumps: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for line in lines:
+        match = _TASK_LINE_RE.match(line.strip())
+        if match:
+            current = {
+                "comm": match.group(1).strip(),
+                "state": match.group(2),
+                "pid": int(match.group(3)),
+                "stack": [],
+            }
+            dumps.append(current)
+            continue
+        frame = _TRACE_FRAME_RE.match(line)
+        if current is not None and frame and len(current["stack"]) < max_frames:
+            current["stack"].append(frame.group(1))
+    return dumps
+
+
+def parse_hung_task_reports(lines: Sequence[str], max_lines: int = 24) -> list[dict[str, Any]]:
+    """Every hung-task report in the log: comm, pid, seconds, the stack's functions and its lines."""
+    clean = [strip_log_prefix(line.rstrip("\r\n")) for line in lines]
+    reports: list[dict[str, Any]] = []
+    for index, line in enumerate(clean):
+        match = _HUNG_TASK_RE.search(line)
+        if not match:
+            continue
+        block = [line]
+        for following in clean[index + 1 : index + max_lines]:
+            if (
+                _HUNG_TASK_RE.search(following)
+                or SYSRQ_BLOCKED_MARKER in following
+                or _is_headline(following)
+            ):
+                break
+            block.append(following)
+            if following.strip() == "</TASK>":
+                break
+        dumps = _task_dumps(block)
+        reports.append(
+            {
+                "comm": match.group(1),
+                "pid": int(match.group(2)),
+                "seconds": int(match.group(3)),
+                "stack": dumps[0]["stack"] if dumps else [],
+                "lines": block,
+            }
+        )
+    return reports
+
+
+def parse_sysrq_blocked(lines: Sequence[str], max_lines: int = 80) -> dict[str, Any] | None:
+    """The last "Show Blocked State" dump in the log (tasks in D with their stacks), or None."""
+    clean = [strip_log_prefix(line.rstrip("\r\n")) for line in lines]
+    starts = [index for index, line in enumerate(clean) if SYSRQ_BLOCKED_MARKER in line]
+    if not starts:
+        return None
+    block = []
+    for line in clean[starts[-1] : starts[-1] + max_lines]:
+        if block and (SYSRQ_BLOCKED_MARKER in line or _HUNG_TASK_RE.search(line) or _is_headline(line)):
+            break
+        block.append(line)
+    return {"tasks": _task_dumps(block), "lines": block}
+
+
 # Bit -> (letter, meaning), as in the kernel's taint_flags table (kernel/panic.c) and
 # Documentation/admin-guide/tainted-kernels.rst. Bit 0 prints "P" when set and "G" when clear.
 TAINT_FLAGS: dict[int, tuple[str, str]] = {
@@ -409,6 +505,8 @@ def compare(expected: Mapping[str, Any], observed: Mapping[str, Any]) -> list[st
         "last_unloaded_chardev": f'"{LAST_UNLOADED_MARKER}" in the kernel log',
         "taint_die": "taint flag D (128) in /proc/sys/kernel/tainted",
         "oops_of_victim": "an oops in the victim's own task (PID: <victim> in the oops)",
+        "hung_task_report": "a hung-task report (INFO: task ... blocked for more than N s) of each task in D",
+        "sysrq_w_blocked": "each task in D in the SysRq w dump (sysrq: Show Blocked State)",
     }
     for marker, want_value in expected.get("markers", {}).items():
         if bool(observed.get(marker)) != bool(want_value):
@@ -608,6 +706,93 @@ def observed_from(
     }
 
 
+HUNG_TASK_TIMEOUT_FILE = "proc/sys/kernel/hung_task_timeout_secs"
+HUNG_TASK_PANIC_FILE = "proc/sys/kernel/hung_task_panic"
+SYSRQ_TRIGGER_FILE = "proc/sysrq-trigger"
+NOT_IN_D = "not in D: the hung-task detector and SysRq w show tasks in D (TASK_UNINTERRUPTIBLE) only"
+
+
+def kernel_diagnostics(
+    stuck: Sequence[Mapping[str, Any]],
+    read_lines: Callable[[], list[str]],
+    root: str = "/",
+    wait: float = 0.0,
+    sysrq: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """The kernel's own word on the stuck tasks: its hung-task reports and a SysRq w dump.
+
+    stuck: {"role", "pid", "state"} of each watched task. For the tasks in D, wait (at most wait
+    seconds, polling the log every second) until the hung-task detector has reported each of them, then
+    write "w" to /proc/sysrq-trigger and read the dump. Tasks in X are listed as not applicable: the
+    kernel shows neither for them. Only reads, except the SysRq write, which only prints.
+    """
+    in_d = {entry["role"]: entry["pid"] for entry in stuck if entry.get("state") == "D" and entry.get("pid")}
+    timeout_text = read_optional(os.path.join(root, HUNG_TASK_TIMEOUT_FILE))
+    timeout = int(timeout_text) if timeout_text and timeout_text.strip().isdigit() else None
+    not_applicable = {
+        entry["role"]: NOT_IN_D + f" (pid {entry.get('pid')} is in {entry.get('state') or 'no state'})"
+        for entry in stuck
+        if entry["role"] not in in_d
+    }
+
+    def reported(lines: list[str]) -> tuple[list[dict[str, Any]], dict[str, bool]]:
+        reports = parse_hung_task_reports(lines)
+        pids = {report["pid"] for report in reports}
+        return reports, {role: pid in pids for role, pid in in_d.items()}
+
+    lines = read_lines()
+    reports, seen = reported(lines)
+    deadline = clock() + (wait if in_d and timeout else 0.0)
+    while not all(seen.values()) and clock() < deadline:
+        sleep(1.0)
+        lines = read_lines()
+        reports, seen = reported(lines)
+    hung_task = {
+        "timeout_secs": timeout,
+        "reports": [report for report in reports if report["pid"] in in_d.values()],
+        "reported": seen,
+        "not_applicable": not_applicable,
+    }
+    sysrq_w: dict[str, Any] = {
+        "done": False,
+        "tasks": [],
+        "lines": [],
+        "shown": {role: False for role in in_d},
+        "error": None if sysrq else "not asked",
+    }
+    if sysrq and in_d:
+        try:
+            with open(os.path.join(root, SYSRQ_TRIGGER_FILE), "w", encoding="ascii") as handle:
+                handle.write("w\n")
+            sysrq_w["done"] = True
+        except OSError as exc:
+            sysrq_w["error"] = f"cannot write {SYSRQ_TRIGGER_FILE}: {exc.strerror or exc}"
+        if sysrq_w["done"]:
+            dump = None
+            for _ in range(5):  # the dump is printed synchronously; the log reader may lag a moment
+                dump = parse_sysrq_blocked(read_lines())
+                if dump and any(task["pid"] in in_d.values() for task in dump["tasks"]):
+                    break
+                sleep(0.5)
+            if dump:
+                sysrq_w["tasks"], sysrq_w["lines"] = dump["tasks"], dump["lines"][:60]
+        pids = {task["pid"] for task in sysrq_w["tasks"]}
+        sysrq_w["shown"] = {role: pid in pids for role, pid in in_d.items()}
+    return {"hung_task": hung_task, "sysrq_w": sysrq_w}
+
+
+def diagnostics_markers(diagnostics: Mapping[str, Any] | None) -> dict[str, bool]:
+    """compare()'s markers from kernel_diagnostics(): every task in D reported by the hung-task detector
+    and shown by SysRq w (true when no task is in D: neither applies then)."""
+    diagnostics = diagnostics or {}
+    return {
+        "hung_task_report": all((diagnostics.get("hung_task") or {}).get("reported", {}).values()),
+        "sysrq_w_blocked": all((diagnostics.get("sysrq_w") or {}).get("shown", {}).values()),
+    }
+
+
 def task_to_dict(task: TaskEvidence) -> dict[str, Any]:
     """TaskEvidence as a plain dict (module return value)."""
     return asdict(task)
@@ -696,6 +881,11 @@ def run_files(run_dir: str = RUN_DIR) -> dict[str, str]:
         "trigger": os.path.join(run_dir, "trigger"),
         "log": os.path.join(run_dir, "victim.log"),
         "program": os.path.join(run_dir, "chardev_victim.py"),
+        # Where the crash variant lived (sections, kallsyms), captured before any rmmod: the fault's
+        # address is explained against it (chardev_fault.explain).
+        "layout": os.path.join(run_dir, "layout.json"),
+        # The kernel settings the lesson changed for this boot, with their values before.
+        "settings": os.path.join(run_dir, "settings-before.json"),
     }
 
 

@@ -7,7 +7,9 @@ Runs as root on the lab hosts' system Python (3.9 on Debian 11, 3.11, 3.13), std
 
   reads         open, read to the end and close, --reads times; each message must be
                 "I already told you N times Hello world!" with N one more than the read before
-                (N counts every open since the module was loaded, earlier runs included)
+                (N counts every open since the module was loaded, earlier runs included); with
+                --first-count, the first N as well (0 right after the module was loaded: the
+                module prints the count, then increments it, as the article's does)
   second open   while one descriptor holds the device open, a second open() must fail with EBUSY
   write         write() must fail with EINVAL (the open for writing itself succeeds and counts)
   rmmod         only with --expect-rmmod-refused (safe and classic variants): while the device is
@@ -227,6 +229,7 @@ def judge(
     second_open: dict[str, Any],
     write: dict[str, Any],
     rmmod: dict[str, Any] | None,
+    first_count: int | None = None,
 ) -> dict[str, Any]:
     """The JSON document: every observation judged, with the errors and the student's summary."""
     errors: list[str] = []
@@ -257,6 +260,16 @@ def judge(
         errors.append(f"the counts are not consecutive: {shown} (each open should add exactly one)")
         summary.append(f"counts {shown}: NOT consecutive (each open should add exactly one)")
 
+    first_ok = None
+    if first_count is not None and counts and counts[0] is not None:
+        first_ok = counts[0] == first_count
+        if not first_ok:
+            errors.append(
+                f"read 1: the first count was {counts[0]}, expected {first_count} "
+                "(the module prints the count, then increments it: the first read after loading says 0)"
+            )
+            summary.append(f"first count {counts[0]}: NOT {first_count}")
+
     verdicts = {
         "ebusy": judge_refusal("second open while open", second_open, "EBUSY"),
         "write_refused": judge_refusal("write", write, "EINVAL"),
@@ -276,6 +289,7 @@ def judge(
         "variant": variant,
         "reads": read_entries,
         "counts_consecutive": consecutive,
+        "first_count": {"expected": first_count, "ok": first_ok},
         "ebusy": verdicts["ebusy"].entry,
         "write_refused": verdicts["write_refused"].entry,
         "rmmod_refused": verdicts["rmmod_refused"].entry,
@@ -461,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reads", type=int, default=3, help="how many times to open and read (1-100, default: %(default)s)"
     )
     parser.add_argument(
+        "--first-count",
+        type=int,
+        help="the count the first read must show (0 when the module was loaded just before the demo)",
+    )
+    parser.add_argument(
         "--expect-rmmod-refused",
         action="store_true",
         help="also check that rmmod is refused while the device is open (safe and classic variants only)",
@@ -474,6 +493,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.reads <= 100:
         parser.error("--reads must be between 1 and 100")
+    if args.first_count is not None and args.first_count < 0:
+        parser.error("--first-count must be 0 or more")
     if args.expect_rmmod_refused and args.variant == "crash":
         parser.error(
             "--expect-rmmod-refused cannot be used with --variant crash: that module does not pin itself "
@@ -494,7 +515,7 @@ def run_demo(system: System, args: argparse.Namespace) -> tuple[dict[str, Any], 
     dangling = None
     if args.expect_rmmod_refused:
         rmmod, dangling = check_rmmod(system, args.device)
-    return judge(args.device, args.variant, reads, second_open, write, rmmod), dangling
+    return judge(args.device, args.variant, reads, second_open, write, rmmod, args.first_count), dangling
 
 
 def main(argv: Sequence[str] | None = None, system: System | None = None) -> int:

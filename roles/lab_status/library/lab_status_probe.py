@@ -210,8 +210,21 @@ reboot_required:
   returned: always
   type: bool
   sample: true
+check:
+  description:
+    - The last verdict of C(playbooks/check.yml) in this boot (C(check.json) in the run directory), null
+      when it has not run; see M(chardev_crash_check).
+  returned: always
+  type: dict
+  sample:
+    verdict: crashed
+    as_expected: true
+    summary: "read mode: the oops happened in pid 1633 (python3, state X); as the kernel predicts"
+    explanation: "the kernel read chardev_fops+0x10, the .read pointer of the module's struct file_operations"
+    checked_at: "2026-11-26T14:00:00+00:00"
 """
 
+import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -321,6 +334,17 @@ def record_summary(record: dict[str, Any] | None, error: str | None) -> dict[str
     return {key: record.get(key) for key in RECORD_KEYS}
 
 
+def read_check(root: str, run_dir: str) -> dict[str, Any] | None:
+    """The last verdict of playbooks/check.yml in this boot (check.json in the run directory), or None."""
+    try:
+        data = json.loads(read_optional(under(root, os.path.join(run_dir, "check.json"))) or "null")
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {key: data.get(key) for key in ("verdict", "as_expected", "summary", "explanation", "checked_at")}
+
+
 def probe(
     root: str,
     params: dict[str, Any],
@@ -364,6 +388,7 @@ def probe(
         "taint_baseline": crash["taint_baseline"],
         "new_taint": crash["new_taint"],
         "reboot_required": crash["crashed"] or os.path.exists(under(root, REBOOT_REQUIRED_FILE)),
+        "check": read_check(root, params["crash_run_dir"]),
     }
 
 

@@ -225,8 +225,10 @@ def decide_state(row: Mapping[str, Any]) -> tuple[str, str]:
         return "not-ready", f"probe failed: {row['error']}"
     stuck = row.get("stuck_tasks") or []
     stuck_text = f"{len(stuck)} stuck task{'' if len(stuck) == 1 else 's'}"
+    check = row.get("check") or {}
     if row["crashed"]:
-        return "crashed", "; ".join([*row["crash_reasons"], stuck_text, "reset: playbooks/reset.yml"])
+        why = [f"check.yml: {check['explanation']}"] if check.get("explanation") else []
+        return "crashed", "; ".join([*row["crash_reasons"], stuck_text, *why, "reset: playbooks/reset.yml"])
     problems = []
     if not row["headers"]:
         problems.append(f"no kernel headers for {row['kernel']}")
@@ -241,6 +243,8 @@ def decide_state(row: Mapping[str, Any]) -> tuple[str, str]:
     if problems:
         return "not-ready", "; ".join(problems)
     notes = [f"{row['variant']} variant loaded"]
+    if check.get("verdict"):
+        notes.append(f"check.yml: {check.get('summary') or check['verdict']}")
     if row["demo"] == "not run":
         notes.append("demo not run")
     if row["reboot_required"]:
@@ -277,6 +281,7 @@ def build_row(host: str, student: Any, probe: Mapping[str, Any] | None, demo: tu
         "taint_letters": probe.get("taint_letters") if probed else None,
         "oops_count": probe.get("oops_count") if probed else None,
         "reboot_required": probe.get("reboot_required") if probed else None,
+        "check": probe.get("check") if probed else None,
     }
     if not probe:
         row["error"] = "not probed (no probe result for this host in this run)"

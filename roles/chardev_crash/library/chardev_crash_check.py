@@ -1,0 +1,267 @@
+#!/usr/bin/python
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible module: recognise and judge a chardev crash, whoever made it (a student by hand, or the lab)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: chardev_crash_check
+short_description: Recognise and judge a chardev crash, whoever made it
+description:
+  - Finds the crash from the kernel alone, without the lab's PID files, so that it recognises a crash a
+    student made by hand as the article does (a Python shell holding C(/dev/chardev) open, C(rmmod
+    chardev), then a read). It finds every user task in C(D) or C(X), ties the oops (its C(PID:)) to one
+    of them (the victim) and a task in C(D) waiting on a pipe to a splice (the reader), and judges them
+    against the expected outcome for the running kernel as the lab's own crash is judged.
+  - Explains the fault from the kernel's evidence, against the module's layout recorded while it was
+    loaded (C(layout.json), written by the chardev role when it loads the crash variant) and the kernel's
+    BTF.
+  - Gathers the kernel's own diagnostics of the tasks in C(D) (hung-task reports, SysRq C(w)).
+  - Without a crash, says what went wrong (RV(verdict)) and what to do next (RV(hint)).
+  - Writes its verdict to C(check.json) in the run directory (the status page reads it) and, for a crash
+    that has no complete record yet, the crash record (so that the lab knows the host crashed).
+  - Never signals a process.
+author:
+  - chardev-lab contributors
+options:
+  run_dir:
+    description: The crash role's run directory on the target.
+    type: path
+    default: /run/chardev-lab
+  device:
+    description: The device node a holder has open.
+    type: path
+    default: /dev/chardev
+  hung_task_wait:
+    description:
+      - Seconds to wait for the hung-task detector to report the tasks in C(D) that it has not reported
+        yet (0 takes what the log holds now).
+    type: float
+    default: 30
+attributes:
+  check_mode:
+    support: full
+    description: In check mode nothing is written and SysRq C(w) is not asked.
+  diff_mode:
+    support: none
+  platform:
+    platforms: [posix]
+notes:
+  - Run it as root (the kernel log, C(/proc/<pid>/stack), C(/proc/sysrq-trigger)).
+"""
+
+EXAMPLES = r"""
+- name: Judge what the student did
+  chardev_crash_check:
+  register: check
+
+- name: Say it
+  ansible.builtin.debug:
+    msg: "{{ check.verdict }}: {{ check.summary }}"
+"""
+
+RETURN = r"""
+verdict:
+  description:
+    - V(crashed) (an oops; RV(as_expected) says whether as the kernel predicts), V(not_unloaded) (the
+      module is still loaded; the safe and classic variants refuse the unload while the file is open),
+      V(not_read) (unloaded under an open file that was not used since), V(nothing_held) (unloaded with no
+      file open), V(not_loaded), or V(rebooted) (the machine restarted since the lab got the crash variant
+      ready, a panic or a reset).
+  returned: always
+  type: str
+  sample: crashed
+as_expected:
+  description: For V(crashed), whether the crash matches the expected outcome; null otherwise.
+  returned: always
+  type: bool
+  sample: true
+summary:
+  description: One sentence for the student.
+  returned: always
+  type: str
+  sample: "read mode: the oops happened in pid 1633 (python3, state X); as the kernel predicts"
+hint:
+  description: What to do next.
+  returned: always
+  type: str
+  sample: "read from the open file (f.read() in the Python shell) and run check.yml again"
+explanation:
+  description: The primary fault explained (see M(chardev_crash_evidence)'s C(faults)); null without a fault.
+  returned: always
+  type: dict
+  sample:
+    symbol: chardev_fops
+    offset: 16
+    member: read
+    text: "the kernel read chardev_fops+0x10, the .read pointer of the module's struct file_operations, ..."
+faults:
+  description: Every oops of the boot, parsed and explained.
+  returned: always
+  type: list
+  elements: dict
+  sample: []
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.chardev_check import LESSON_MARKER_PATH, judge, scan_tasks, tie
+from ansible.module_utils.chardev_crash import (
+    RECORD_CRASHED,
+    crash_state,
+    decode_taint,
+    kernel_diagnostics,
+    parse_kernel_log,
+    read_kernel_log_lines,
+    read_optional,
+    run_files,
+    taint_letters,
+)
+from ansible.module_utils.chardev_fault import explain_log
+
+#: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
+ROOT = "/"
+KMSG_PATH = "/dev/kmsg"
+CLOCK: Callable[[], float] = time.monotonic
+SLEEP: Callable[[float], None] = time.sleep
+CHECK_NAME = "check.json"
+#: What a crash record made by the check holds (the lab's own record holds the same and its evidence).
+RECORD_KEYS = (
+    "mode", "kernel_release", "expected", "observed", "mismatches", "as_expected", "tainted", "taint_flags",
+    "oops_count", "oops_tasks", "hung_task", "sysrq_w", "faults", "explanation",
+)  # fmt: skip
+
+
+def under(path: str) -> str:
+    return os.path.join(ROOT, path.lstrip("/"))
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def kernel_log() -> list[str]:
+    return read_kernel_log_lines(KMSG_PATH)[0]
+
+
+def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    files = run_files(params["run_dir"])
+    release = (read_optional(under("/proc/sys/kernel/osrelease")) or os.uname().release).strip()
+    lines = kernel_log()
+    state = crash_state(ROOT, params["run_dir"], lines)
+    stuck, holders = scan_tasks(ROOT, params["device"])
+    version = read_optional(under("/sys/module/chardev/version")) if state["module_loaded"] else None
+    variant = version.strip().rpartition("-")[2] if version else None
+    # Only the tasks the crash made (the victim, the pipe reader) are the kernel's to report.
+    tied = tie(stuck, parse_kernel_log(lines).oops_tasks)
+    watched = [(role, tied[role]) for role in ("victim", "reader") if tied[role] is not None]
+    diagnostics = None
+    if state["crashed"] and not check_mode:
+        diagnostics = kernel_diagnostics(
+            [{"role": role, "pid": task["pid"], "state": task["state"]} for role, task in watched],
+            kernel_log,
+            root=ROOT,
+            wait=float(params["hung_task_wait"]),
+            clock=CLOCK,
+            sleep=SLEEP,
+        )
+        lines = kernel_log()
+    lesson = read_json(under(LESSON_MARKER_PATH)) or {}
+    verdict = judge(
+        kernel_release=release,
+        log_lines=lines,
+        tainted=state["tainted"],
+        module_loaded=state["module_loaded"],
+        variant=variant,
+        stuck=stuck,
+        holders=holders,
+        diagnostics=diagnostics,
+        boot_id=state["boot_id"],
+        lesson_boot_id=lesson.get("boot_id") if isinstance(lesson, dict) else None,
+    )
+    explained = explain_log(lines, read_json(under(files["layout"])), boot_id=state["boot_id"])
+    result = {
+        **verdict,
+        "kernel_release": release,
+        "variant": variant,
+        "crash_reasons": state["reasons"],
+        "tainted": state["tainted"],
+        "taint_flags": taint_letters(state["tainted"]) if state["tainted"] is not None else "",
+        "taint_decoded": decode_taint(state["tainted"]) if state["tainted"] is not None else [],
+        "oops_count": state["oops_count"],
+        "hung_task": (diagnostics or {}).get("hung_task"),
+        "sysrq_w": (diagnostics or {}).get("sysrq_w"),
+        "faults": explained["faults"],
+        "explanation": explained["primary"],
+        "checked_at": now(),
+    }
+    changed = False
+    record = state["record"] if isinstance(state["record"], dict) else None
+    if not check_mode:
+        write_json(under(os.path.join(params["run_dir"], CHECK_NAME)), {
+            key: result[key] for key in ("verdict", "as_expected", "summary", "hint", "checked_at", "mode")
+        } | {"explanation": (result["explanation"] or {}).get("text")})  # fmt: skip
+        if verdict["verdict"] == "crashed" and not (record and record.get("state") == RECORD_CRASHED):
+            # No complete record: a crash made by hand (or a lab run cut short). Record it, so that the
+            # lab, the status page and reset.yml know this host crashed and why.
+            write_json(under(files["record"]), {
+                **{key: result[key] for key in RECORD_KEYS},
+                "state": RECORD_CRASHED,
+                "by": "hand",
+                "crashed_at": result["checked_at"],
+                "tasks": [{**verdict[role], "role": role} for role in ("victim", "reader") if verdict[role]],
+                "msg": verdict["summary"],
+            })  # fmt: skip
+            changed = True
+    result["changed"] = changed
+    result["msg"] = f"{verdict['verdict']}: {verdict['summary']}"
+    return result
+
+
+def make_module() -> AnsibleModule:
+    return AnsibleModule(
+        argument_spec={
+            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "device": {"type": "path", "default": "/dev/chardev"},
+            "hung_task_wait": {"type": "float", "default": 30},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main() -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
