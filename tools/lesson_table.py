@@ -63,8 +63,10 @@ def row(verdict: dict[str, Any]) -> str:
         report = f"yes: blocked for more than {hung.get('timeout_secs')} seconds"
     elif "victim" in (hung.get("not_applicable") or {}):
         report = f"none: the task is in {victim.get('state')}, not D"
+    elif hung.get("silenced"):
+        report = "none: silenced by the oops (taint D)"
     else:
-        report = "NOT reported"
+        report = "none"
     name = f"{series[0]}.{series[1]} ({DEBIAN.get(series, 'Debian')})"
     return (
         f"| {name} | `{victim.get('state', '?')}` | {fault_cell(primary)} | {fault_cell(later)} | {report} |"

@@ -16,6 +16,13 @@ kernel/sched/core.c sched_show_task(), arch/x86/kernel/dumpstack.c, drivers/tty/
   " func+0xOFF/0xSIZE", " ? func+..." for unreliable ones, and the user-mode registers ("RIP: 0033:...");
 * "sysrq: Show Blocked State" and one sched_show_task() block for each task in D.
 
+Once the kernel has oopsed (taint D, bit 7 of /proc/sys/kernel/tainted) its hung-task detector reports
+nothing (kernel/hung_task.c check_hung_uninterruptible_tasks(): "If the system crashed already then all
+bets are off, do not report extra hung tasks"; measured on Debian 5.10): on the lab's crashed kernels
+kernel_diagnostics() waits for no report and expects none (marker hung_task_silent), and SysRq w still
+shows the tasks in D (marker sysrq_w_blocked). The hung-task report samples below are what the detector
+prints on a kernel that has NOT oopsed; they test the parser and the waiting path.
+
 Addresses, offsets and register values are made up. Nothing here reads the real /proc or kernel log or
 waits: the tree is under tmp_path, the log, clock and sleep are fakes.
 """
@@ -42,10 +49,13 @@ from chardev_crash import (
 
 # --- kernel log samples ---------------------------------------------------------------------------------
 
+# The hung-task reports: what the detector prints about a task in D on a kernel that has not oopsed (no D
+# in the Tainted line). After the lab's oops it prints none of them (see the module docstring).
+
 # Debian 12 (6.1), splice mode: the pipe reader waits for the pipe mutex the dead victim holds.
 HUNG_6_1_READER = """\
 [  250.123456] INFO: task chardev-reader:523 blocked for more than 10 seconds.
-[  250.124001]       Tainted: G      D    OE      6.1.0-56-amd64 #1 Debian 6.1.153-1
+[  250.124001]       Tainted: G           OE      6.1.0-56-amd64 #1 Debian 6.1.153-1
 [  250.124512] "echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
 [  250.125034] task:chardev-reader  state:D stack:0     pid:523   ppid:1      flags:0x00000002
 [  250.125600] Call Trace:
@@ -110,7 +120,8 @@ SYSRQ_6_1 = """\
 """.splitlines()
 
 # Debian 11 (5.10), splice mode: victim and reader both in D; padded fields, no <TASK> markers. The
-# victim parks in do_exit() after the recursive fault (5.10.y has the make_task_dead() backport).
+# victim parks in do_exit() after the recursive fault (5.10.y has the make_task_dead() backport). A format
+# sample only: this victim is in D because it oopsed, so the silenced detector never reports it.
 HUNG_5_10_VICTIM = """\
 [  383.102211] INFO: task chardev-victim:812 blocked for more than 120 seconds.
 [  383.103007]       Tainted: G      D    OE     5.10.0-35-amd64 #1 Debian 5.10.237-1
@@ -128,7 +139,7 @@ VICTIM_STACK_5_10 = ["__schedule", "schedule", "do_exit", "make_task_dead", "rew
 
 HUNG_5_10_READER = """\
 [  383.108010] INFO: task chardev-reader:813 blocked for more than 120 seconds.
-[  383.108800]       Tainted: G      D    OE     5.10.0-35-amd64 #1 Debian 5.10.237-1
+[  383.108800]       Tainted: G           OE     5.10.0-35-amd64 #1 Debian 5.10.237-1
 [  383.109600] "echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
 [  383.110400] task:chardev-reader  state:D stack:    0 pid:  813 ppid:     1 flags:0x00000000
 [  383.111200] Call Trace:
@@ -192,7 +203,7 @@ SYSRQ_5_10 = """\
 # Debian 13 (6.12) as `dmesg -r` prints it: "<N>" syslog priority before the timestamp; tgid added.
 HUNG_6_12_READER = """\
 <3>[  187.415027] INFO: task chardev-reader:523 blocked for more than 10 seconds.
-<3>[  187.415893]       Tainted: G      D    OE      6.12.57+deb13-amd64 #1 Debian 6.12.57-1
+<3>[  187.415893]       Tainted: G           OE      6.12.57+deb13-amd64 #1 Debian 6.12.57-1
 <3>[  187.416702] "echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.
 <6>[  187.417561] task:chardev-reader  state:D stack:0     pid:523   tgid:523   ppid:1      flags:0x00000002
 <6>[  187.418377] Call Trace:
@@ -269,6 +280,7 @@ OOPS_5_10 = """\
 """.splitlines()
 
 TAINT_AFTER_CRASH = 128 + 4096 + 8192  # D, O, E
+TAINT_NO_OOPS = 4096 + 8192  # O, E: the lab's module loaded, no oops: the hung-task detector still checks
 
 
 # --- parse_hung_task_reports ----------------------------------------------------------------------------
@@ -537,7 +549,8 @@ class FakeKernel:
     """A kernel log that grows as the test says, a /proc tree under tmp_path, a fake clock and sleep.
 
     scheduled: {n: lines} appends lines at the n-th read of the log (1-based). A "w\\n" written to the
-    fake proc/sysrq-trigger appends sysrq_dump to the log dump_lag reads later.
+    fake proc/sysrq-trigger appends sysrq_dump to the log dump_lag reads later. tainted: the value of
+    proc/sys/kernel/tainted (None: no such file); by default a crashed kernel's (taint D).
     """
 
     def __init__(
@@ -548,6 +561,7 @@ class FakeKernel:
         sysrq_dump: list[str] | None = None,
         dump_lag: int = 0,
         timeout: str | None = "10\n",
+        tainted: int | None = TAINT_AFTER_CRASH,
     ) -> None:
         self.root = root
         self.log = list(log or [])
@@ -560,6 +574,8 @@ class FakeKernel:
         (root / "proc/sys/kernel").mkdir(parents=True)
         if timeout is not None:
             (root / chardev_crash.HUNG_TASK_TIMEOUT_FILE).write_text(timeout)
+        if tainted is not None:
+            (root / "proc/sys/kernel/tainted").write_text(f"{tainted}\n")
         self.trigger = root / chardev_crash.SYSRQ_TRIGGER_FILE
         self.trigger.write_text("")  # a plain file stands for /proc/sysrq-trigger
 
@@ -600,87 +616,122 @@ STUCK_5_10 = [
 ]
 
 
-def test_diagnostics_6_1_report_after_a_few_polls(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1, scheduled={4: HUNG_6_1_READER}, sysrq_dump=SYSRQ_6_1)
-    result = kernel.diagnose(STUCK_6_1)
+# After the oops: the lab's crashed kernels (taint D). The detector is silent for good: nothing is waited for.
+
+
+def test_diagnostics_6_1_after_the_oops(tmp_path: Path) -> None:
+    """6.1 splice mode as the crash leaves it: taint D, the victim in X, the reader in D. No report is
+    waited for (wait is 30 s, the fake clock never moves); SysRq w shows the reader."""
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
+    result = kernel.diagnose(STUCK_6_1, wait=30.0)
     hung, sysrq = result["hung_task"], result["sysrq_w"]
     assert hung["timeout_secs"] == 10
-    assert hung["reported"] == {"reader": True}
-    assert [(r["comm"], r["pid"], r["seconds"]) for r in hung["reports"]] == [("chardev-reader", 523, 10)]
-    assert hung["reports"][0]["stack"] == READER_STACK_6_1
-    # the victim is in X: not judged, and not waited for
+    assert hung["silenced"].startswith("the kernel has oopsed (taint D)")
+    assert "all bets are off" in hung["silenced"]
+    assert hung["reported"] == {"reader": False}
+    assert hung["reports"] == []
+    # the victim is in X: not judged
     assert hung["not_applicable"] == {"victim": NOT_IN_D + " (pid 522 is in X)"}
-    # polled every second until the 4th read showed the report; the SysRq dump was there at once
-    assert kernel.sleeps == [1.0, 1.0, 1.0]
+    assert kernel.sleeps == [] and kernel.now == 0.0
+    assert kernel.reads == 2  # the first look and the SysRq dump
     assert kernel.trigger.read_text() == "w\n"
     assert sysrq["done"] is True and sysrq["error"] is None
     assert sysrq["shown"] == {"reader": True}
     assert [(t["comm"], t["pid"], t["state"]) for t in sysrq["tasks"]] == [("chardev-reader", 523, "D")]
     assert sysrq["lines"][0] == "sysrq: Show Blocked State"
-    assert diagnostics_markers(result) == {"hung_task_report": True, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
     json.dumps(result)  # a module return value
 
 
-def test_diagnostics_5_10_waits_for_both_tasks(tmp_path: Path) -> None:
-    kernel = FakeKernel(
-        tmp_path,
-        OOPS_5_10,
-        scheduled={2: HUNG_5_10_VICTIM, 6: HUNG_5_10_READER},
-        sysrq_dump=SYSRQ_5_10,
-        timeout="120\n",
-    )
+def test_diagnostics_5_10_after_the_oops(tmp_path: Path) -> None:
+    """5.10 splice mode: victim and reader both in D after the oops. Neither is reported (as measured on
+    a Debian 5.10 VM), however long wait is; SysRq w shows both."""
+    kernel = FakeKernel(tmp_path, OOPS_5_10, sysrq_dump=SYSRQ_5_10, timeout="120\n")
     result = kernel.diagnose(STUCK_5_10, wait=300.0)
-    assert result["hung_task"]["timeout_secs"] == 120
-    assert result["hung_task"]["reported"] == {"victim": True, "reader": True}
-    assert result["hung_task"]["not_applicable"] == {}
-    assert [r["pid"] for r in result["hung_task"]["reports"]] == [812, 813]
-    assert kernel.sleeps == [1.0] * 5  # not done at the victim's report: the reader's came at read 6
+    hung = result["hung_task"]
+    assert hung["timeout_secs"] == 120
+    assert hung["silenced"]
+    assert hung["reported"] == {"victim": False, "reader": False}
+    assert hung["reports"] == [] and hung["not_applicable"] == {}
+    assert kernel.sleeps == [] and kernel.now == 0.0
     assert result["sysrq_w"]["shown"] == {"victim": True, "reader": True}
     assert [t["stack"][2] for t in result["sysrq_w"]["tasks"]] == ["do_exit", "schedule"]
-    assert diagnostics_markers(result) == {"hung_task_report": True, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
 
 
-def test_diagnostics_6_12_dmesg_r_lines(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path, scheduled={1: HUNG_6_12_READER}, sysrq_dump=SYSRQ_6_1)
-    result = kernel.diagnose(STUCK_6_1)
-    assert result["hung_task"]["reported"] == {"reader": True}
-    assert result["hung_task"]["reports"][0]["stack"] == READER_STACK_6_12
-    assert kernel.sleeps == []  # reported at the first look: no wait, and the dump came at once
-
-
-def test_diagnostics_timeout_expires(tmp_path: Path) -> None:
-    """No report within wait: reported false after at most wait seconds; SysRq w is still taken."""
-    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
+def test_diagnostics_no_wait_after_the_oops_even_with_a_report(tmp_path: Path) -> None:
+    """On an oopsed kernel nothing is waited for, whatever wait says, and a report of a watched task
+    found anyway (no real kernel printed one) is returned and makes hung_task_silent false."""
+    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
     result = kernel.diagnose(STUCK_6_1, wait=30.0)
+    hung = result["hung_task"]
+    assert kernel.now == 0.0 and kernel.sleeps == []
+    assert kernel.reads == 2
+    assert hung["silenced"]
+    assert hung["reported"] == {"reader": True}
+    assert [(r["pid"], r["stack"]) for r in hung["reports"]] == [(523, READER_STACK_6_1)]
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": False}
+
+
+def test_diagnostics_after_the_oops_a_late_report_is_not_waited_for(tmp_path: Path) -> None:
+    """A report that would come at the second read of the log: the first look is the only one."""
+    kernel = FakeKernel(tmp_path, OOPS_6_1, scheduled={2: HUNG_6_1_READER}, sysrq_dump=SYSRQ_6_1)
+    result = kernel.diagnose(STUCK_6_1, wait=30.0)
+    assert kernel.sleeps == [] and kernel.now == 0.0
     assert result["hung_task"]["reported"] == {"reader": False}
     assert result["hung_task"]["reports"] == []
-    assert kernel.sleeps == [1.0] * 30
-    assert kernel.now == 30.0
-    assert kernel.reads == 31 + 1  # the first look, one per second, and one for the SysRq dump
-    assert result["sysrq_w"]["shown"] == {"reader": True}
-    assert diagnostics_markers(result) == {"hung_task_report": False, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
 
 
-def test_diagnostics_only_reports_of_watched_tasks(tmp_path: Path) -> None:
-    """Reports of other tasks (here the 5.10 victim's pid, not watched) do not count."""
+def test_diagnostics_after_the_oops_reports_of_other_tasks(tmp_path: Path) -> None:
+    """A report of a task not watched (here the 5.10 victim's pid) breaks no silence about the watched."""
     kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_5_10_VICTIM, sysrq_dump=SYSRQ_6_1)
-    result = kernel.diagnose(STUCK_6_1, wait=3.0)
+    result = kernel.diagnose(STUCK_6_1, wait=30.0)
     assert result["hung_task"]["reports"] == []
     assert result["hung_task"]["reported"] == {"reader": False}
-    assert kernel.now == 3.0
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
+
+
+@pytest.mark.parametrize(
+    ("tainted", "oopsed"),
+    [
+        ("128\n", True),
+        (f"{TAINT_AFTER_CRASH}\n", True),
+        ("4294967295\n", True),
+        ("0\n", False),
+        (f"{TAINT_NO_OOPS}\n", False),
+        ("127\n", False),  # every bit below D
+        ("256\n", False),  # the bit above D
+        ("not a number\n", False),
+        (None, False),  # no tainted file
+    ],
+)
+def test_diagnostics_taint_bit_7_decides(tmp_path: Path, tainted: str | None, oopsed: bool) -> None:
+    """Only taint D (bit 7, 128) silences the detector; otherwise the reports are waited for."""
+    kernel = FakeKernel(tmp_path, sysrq_dump=SYSRQ_6_1, tainted=None)
+    if tainted is not None:
+        (tmp_path / "proc/sys/kernel/tainted").write_text(tainted)
+    result = kernel.diagnose(STUCK_6_1, wait=5.0)
+    assert bool(result["hung_task"]["silenced"]) is oopsed
+    assert (result["hung_task"]["silenced"] is None) is not oopsed
+    assert kernel.sleeps == ([] if oopsed else [1.0] * 5)
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": oopsed}
 
 
 def test_diagnostics_x_tasks_only(tmp_path: Path) -> None:
-    """6.1 read mode: the victim is in X, nothing in D: no wait, no SysRq write, markers true."""
+    """6.1 read mode: the victim is in X, nothing in D: no wait, no SysRq write, markers true (the
+    detector is silenced by the oops all the same)."""
     kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     result = kernel.diagnose([{"role": "victim", "pid": 522, "state": "X"}], wait=30.0)
     assert kernel.sleeps == []
     assert kernel.reads == 1
     assert kernel.trigger.read_text() == ""  # never written
+    assert result["hung_task"]["silenced"]
     assert result["hung_task"]["reported"] == {}
     assert result["hung_task"]["not_applicable"] == {"victim": NOT_IN_D + " (pid 522 is in X)"}
     assert result["sysrq_w"] == {"done": False, "tasks": [], "lines": [], "shown": {}, "error": None}
-    assert diagnostics_markers(result) == {"hung_task_report": True, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
 
 
 def test_diagnostics_no_task_in_d(tmp_path: Path) -> None:
@@ -696,7 +747,7 @@ def test_diagnostics_no_task_in_d(tmp_path: Path) -> None:
         "victim": NOT_IN_D + " (pid 522 is in no state)",
         "reader": NOT_IN_D + " (pid 523 is in S)",
     }
-    assert diagnostics_markers(result) == {"hung_task_report": True, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": True}
     assert (
         kernel_diagnostics([], kernel.read_lines, root=str(tmp_path), wait=30.0, sleep=kernel.sleep)[
             "hung_task"
@@ -705,21 +756,106 @@ def test_diagnostics_no_task_in_d(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("tainted", [TAINT_NO_OOPS, TAINT_AFTER_CRASH], ids=["no-oops", "oopsed"])
 @pytest.mark.parametrize("timeout", ["0\n", None], ids=["detector-off", "no-detector"])
-def test_diagnostics_without_hung_task_detector(tmp_path: Path, timeout: str | None) -> None:
-    """hung_task_timeout_secs 0 (off) or absent (no CONFIG_DETECT_HUNG_TASK): no wait, not reported."""
-    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1, timeout=timeout)
+def test_diagnostics_without_hung_task_detector(tmp_path: Path, timeout: str | None, tainted: int) -> None:
+    """hung_task_timeout_secs 0 (off) or absent (no CONFIG_DETECT_HUNG_TASK): no wait, not reported, with
+    or without an oops; silenced says so only after an oops."""
+    kernel = FakeKernel(tmp_path, sysrq_dump=SYSRQ_6_1, timeout=timeout, tainted=tainted)
     result = kernel.diagnose(STUCK_6_1, wait=30.0)
+    oopsed = tainted == TAINT_AFTER_CRASH
     assert result["hung_task"]["timeout_secs"] == (0 if timeout else None)
+    assert bool(result["hung_task"]["silenced"]) is oopsed
     assert result["hung_task"]["reported"] == {"reader": False}
     assert 1.0 not in kernel.sleeps
     assert result["sysrq_w"]["shown"] == {"reader": True}
-    assert diagnostics_markers(result) == {"hung_task_report": False, "sysrq_w_blocked": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": oopsed}
+
+
+# A kernel that did not oops (taint O and E only): the detector still checks, so its reports of the tasks
+# in D are waited for, polling the log every second, at most wait seconds.
+
+
+def test_diagnostics_6_1_report_after_a_few_polls(tmp_path: Path) -> None:
+    kernel = FakeKernel(tmp_path, scheduled={4: HUNG_6_1_READER}, sysrq_dump=SYSRQ_6_1, tainted=TAINT_NO_OOPS)
+    result = kernel.diagnose(STUCK_6_1)
+    hung, sysrq = result["hung_task"], result["sysrq_w"]
+    assert hung["timeout_secs"] == 10
+    assert hung["silenced"] is None
+    assert hung["reported"] == {"reader": True}
+    assert [(r["comm"], r["pid"], r["seconds"]) for r in hung["reports"]] == [("chardev-reader", 523, 10)]
+    assert hung["reports"][0]["stack"] == READER_STACK_6_1
+    # the victim is in X: not judged, and not waited for
+    assert hung["not_applicable"] == {"victim": NOT_IN_D + " (pid 522 is in X)"}
+    # polled every second until the 4th read showed the report; the SysRq dump was there at once
+    assert kernel.sleeps == [1.0, 1.0, 1.0]
+    assert kernel.trigger.read_text() == "w\n"
+    assert sysrq["done"] is True and sysrq["error"] is None
+    assert sysrq["shown"] == {"reader": True}
+    # reported, so not silent: a crashed kernel's expectation would not hold
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": False}
+    json.dumps(result)
+
+
+def test_diagnostics_5_10_waits_for_both_tasks(tmp_path: Path) -> None:
+    kernel = FakeKernel(
+        tmp_path,
+        scheduled={2: HUNG_5_10_VICTIM, 6: HUNG_5_10_READER},
+        sysrq_dump=SYSRQ_5_10,
+        timeout="120\n",
+        tainted=TAINT_NO_OOPS,
+    )
+    result = kernel.diagnose(STUCK_5_10, wait=300.0)
+    assert result["hung_task"]["timeout_secs"] == 120
+    assert result["hung_task"]["silenced"] is None
+    assert result["hung_task"]["reported"] == {"victim": True, "reader": True}
+    assert result["hung_task"]["not_applicable"] == {}
+    assert [r["pid"] for r in result["hung_task"]["reports"]] == [812, 813]
+    assert kernel.sleeps == [1.0] * 5  # not done at the victim's report: the reader's came at read 6
+    assert result["sysrq_w"]["shown"] == {"victim": True, "reader": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": False}
+
+
+def test_diagnostics_6_12_dmesg_r_lines(tmp_path: Path) -> None:
+    kernel = FakeKernel(
+        tmp_path, scheduled={1: HUNG_6_12_READER}, sysrq_dump=SYSRQ_6_1, tainted=TAINT_NO_OOPS
+    )
+    result = kernel.diagnose(STUCK_6_1)
+    assert result["hung_task"]["reported"] == {"reader": True}
+    assert result["hung_task"]["reports"][0]["stack"] == READER_STACK_6_12
+    assert kernel.sleeps == []  # reported at the first look: no wait, and the dump came at once
+
+
+def test_diagnostics_timeout_expires(tmp_path: Path) -> None:
+    """No report within wait: reported false after at most wait seconds; SysRq w is still taken. Not
+    silenced either: the detector may yet report, it just has not."""
+    kernel = FakeKernel(tmp_path, sysrq_dump=SYSRQ_6_1, tainted=TAINT_NO_OOPS)
+    result = kernel.diagnose(STUCK_6_1, wait=30.0)
+    assert result["hung_task"]["silenced"] is None
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert result["hung_task"]["reports"] == []
+    assert kernel.sleeps == [1.0] * 30
+    assert kernel.now == 30.0
+    assert kernel.reads == 31 + 1  # the first look, one per second, and one for the SysRq dump
+    assert result["sysrq_w"]["shown"] == {"reader": True}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": True, "hung_task_silent": False}
+
+
+def test_diagnostics_only_reports_of_watched_tasks(tmp_path: Path) -> None:
+    """Reports of other tasks (here the 5.10 victim's pid, not watched) do not count."""
+    kernel = FakeKernel(tmp_path, HUNG_5_10_VICTIM, sysrq_dump=SYSRQ_6_1, tainted=TAINT_NO_OOPS)
+    result = kernel.diagnose(STUCK_6_1, wait=3.0)
+    assert result["hung_task"]["reports"] == []
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert kernel.now == 3.0
+
+
+# SysRq w (the same with or without an oops; here after one).
 
 
 def test_diagnostics_sysrq_trigger_unwritable(tmp_path: Path) -> None:
     """A sysrq-trigger that cannot be written (a directory here: the tests may run as root)."""
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     kernel.trigger.unlink()
     kernel.trigger.mkdir()
     result = kernel.diagnose(STUCK_6_1)
@@ -728,71 +864,113 @@ def test_diagnostics_sysrq_trigger_unwritable(tmp_path: Path) -> None:
     assert sysrq["error"] == "cannot write proc/sysrq-trigger: Is a directory"
     assert sysrq["tasks"] == [] and sysrq["lines"] == []
     assert sysrq["shown"] == {"reader": False}
-    assert result["hung_task"]["reported"] == {"reader": True}
-    assert diagnostics_markers(result) == {"hung_task_report": True, "sysrq_w_blocked": False}
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": False, "hung_task_silent": True}
 
 
 def test_diagnostics_sysrq_dump_lags(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1, dump_lag=2)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1, dump_lag=2)
     result = kernel.diagnose(STUCK_6_1)
-    assert kernel.sleeps == [0.5, 0.5]
+    assert kernel.sleeps == [0.5, 0.5]  # the dump's short wait only: no hung-task wait after the oops
     assert result["sysrq_w"]["shown"] == {"reader": True}
 
 
 def test_diagnostics_sysrq_dump_never_comes(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=None)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=None)
     result = kernel.diagnose(STUCK_6_1)
     assert kernel.trigger.read_text() == "w\n"
     assert kernel.sleeps == [0.5] * 5  # bounded
     assert result["sysrq_w"]["done"] is True
     assert result["sysrq_w"]["shown"] == {"reader": False}
-    assert diagnostics_markers(result)["sysrq_w_blocked"] is False
+    assert diagnostics_markers(result) == {"sysrq_w_blocked": False, "hung_task_silent": True}
 
 
 def test_diagnostics_sysrq_dump_without_the_task(tmp_path: Path) -> None:
     """A dump that does not show the watched task (another task in D): shown false, tasks kept."""
     other = [line.replace("chardev-reader", "jbd2/vda1-8    ").replace("523", "211") for line in SYSRQ_6_1]
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=other)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=other)
     result = kernel.diagnose(STUCK_6_1)
     assert [t["pid"] for t in result["sysrq_w"]["tasks"]] == [211]
     assert result["sysrq_w"]["shown"] == {"reader": False}
 
 
 def test_diagnostics_sysrq_off(tmp_path: Path) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     result = kernel.diagnose(STUCK_6_1, sysrq=False)
     assert kernel.trigger.read_text() == ""
+    assert kernel.sleeps == []
     assert result["sysrq_w"]["done"] is False
-    assert result["hung_task"]["reported"] == {"reader": True}
+    assert result["sysrq_w"]["error"] == "not asked"
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert result["hung_task"]["silenced"]
 
 
 # --- diagnostics_markers and expected_outcome -----------------------------------------------------------
+
+SILENCED = "the kernel has oopsed (taint D), and from then on its hung-task detector checks nothing"
 
 
 @pytest.mark.parametrize(
     ("diagnostics", "markers"),
     [
-        (None, (True, True)),
-        ({}, (True, True)),
-        ({"hung_task": None, "sysrq_w": None}, (True, True)),
-        ({"hung_task": {"reported": {}}, "sysrq_w": {"shown": {}}}, (True, True)),
-        ({"hung_task": {"reported": {"reader": True}}, "sysrq_w": {"shown": {"reader": True}}}, (True, True)),
-        (
+        pytest.param(None, (True, False), id="none"),
+        pytest.param({}, (True, False), id="empty"),
+        pytest.param({"hung_task": None, "sysrq_w": None}, (True, False), id="nulls"),
+        pytest.param(
+            {"hung_task": {"silenced": SILENCED, "reported": {}}, "sysrq_w": {"shown": {}}},
+            (True, True),
+            id="oopsed-nothing-in-d",
+        ),
+        pytest.param(
             {
-                "hung_task": {"reported": {"victim": True, "reader": False}},
+                "hung_task": {"silenced": SILENCED, "reported": {"reader": False}},
                 "sysrq_w": {"shown": {"reader": True}},
             },
-            (False, True),
+            (True, True),
+            id="oopsed-as-expected",
         ),
-        (
-            {"hung_task": {"reported": {"reader": True}}, "sysrq_w": {"shown": {"reader": False}}},
+        pytest.param(
+            {
+                "hung_task": {"silenced": SILENCED, "reported": {"victim": False, "reader": True}},
+                "sysrq_w": {"shown": {"victim": True, "reader": True}},
+            },
             (True, False),
+            id="oopsed-but-a-report",
+        ),
+        pytest.param(
+            {
+                "hung_task": {"silenced": SILENCED, "reported": {"victim": False, "reader": False}},
+                "sysrq_w": {"shown": {"victim": True, "reader": False}},
+            },
+            (False, True),
+            id="oopsed-not-all-shown",
+        ),
+        pytest.param(
+            {
+                "hung_task": {"silenced": None, "reported": {"reader": False}},
+                "sysrq_w": {"shown": {"reader": True}},
+            },
+            (True, False),
+            id="no-oops-no-report",
+        ),
+        pytest.param(
+            {
+                "hung_task": {"silenced": None, "reported": {"reader": True}},
+                "sysrq_w": {"shown": {"reader": True}},
+            },
+            (True, False),
+            id="no-oops-reported",
+        ),
+        pytest.param(
+            {"hung_task": {"reported": {"reader": False}}, "sysrq_w": {"shown": {"reader": True}}},
+            (True, False),
+            id="without-silenced",
         ),
     ],
 )
 def test_diagnostics_markers(diagnostics: dict[str, Any] | None, markers: tuple[bool, bool]) -> None:
     assert diagnostics_markers(diagnostics) == dict(
-        zip(("hung_task_report", "sysrq_w_blocked"), markers, strict=True)
+        zip(("sysrq_w_blocked", "hung_task_silent"), markers, strict=True)
     )
 
 
@@ -806,7 +984,7 @@ def test_expected_outcome_diagnostics_markers(release: str, mode: str) -> None:
     assert set(plain["markers"]) == BASE_MARKERS
     assert expected_outcome(release, mode, diagnostics=False) == plain
     diagnosed = expected_outcome(release, mode, diagnostics=True)
-    assert diagnosed["markers"] == {**plain["markers"], "hung_task_report": True, "sysrq_w_blocked": True}
+    assert diagnosed["markers"] == {**plain["markers"], "sysrq_w_blocked": True, "hung_task_silent": True}
     assert diagnosed["tasks"] == plain["tasks"]
 
 
@@ -815,14 +993,20 @@ def test_compare_with_diagnostics_markers() -> None:
     observed: dict[str, Any] = {
         "tasks": {"victim": {"pid": 522, "state": "X", "wchan": None, "killed_but_alive": True}},
         **dict.fromkeys(BASE_MARKERS, True),
-        "hung_task_report": True,
         "sysrq_w_blocked": True,
+        "hung_task_silent": True,
     }
     assert compare(expected, observed) == []
-    observed.update(hung_task_report=False, sysrq_w_blocked=False)
+    observed.update(sysrq_w_blocked=False, hung_task_silent=False)
     assert compare(expected, observed) == [
-        "missing: a hung-task report (INFO: task ... blocked for more than N s) of each task in D",
         "missing: each task in D in the SysRq w dump (sysrq: Show Blocked State)",
+        "missing: the hung-task detector silent after the oops (no 'blocked for more than')",
+    ]
+    # the old marker counts for nothing
+    del observed["hung_task_silent"]
+    observed.update(sysrq_w_blocked=True, hung_task_report=True)
+    assert compare(expected, observed) == [
+        "missing: the hung-task detector silent after the oops (no 'blocked for more than')"
     ]
 
 
@@ -889,28 +1073,28 @@ TASKS_5_10 = [
 
 
 def test_module_run_6_1_with_kernel_diagnostics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1, scheduled={3: HUNG_6_1_READER}, sysrq_dump=SYSRQ_6_1)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     kills = crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
     result = chardev_crash_evidence.run(params(tmp_path), check_mode=False)
     assert result["as_expected"] is True, result["mismatches"]
-    assert result["expected"]["markers"]["hung_task_report"] is True
     assert result["expected"]["markers"]["sysrq_w_blocked"] is True
-    assert result["observed"]["hung_task_report"] is True
+    assert result["expected"]["markers"]["hung_task_silent"] is True
+    assert "hung_task_report" not in result["expected"]["markers"]
     assert result["observed"]["sysrq_w_blocked"] is True
-    assert result["hung_task"]["reported"] == {"reader": True}
+    assert result["observed"]["hung_task_silent"] is True
+    assert result["hung_task"]["silenced"].startswith("the kernel has oopsed (taint D)")
+    assert result["hung_task"]["reported"] == {"reader": False}
+    assert result["hung_task"]["reports"] == []
     assert result["hung_task"]["not_applicable"] == {"victim": NOT_IN_D + " (pid 522 is in X)"}
-    assert result["hung_task"]["reports"][0]["stack"] == READER_STACK_6_1
     assert result["sysrq_w"]["done"] is True and result["sysrq_w"]["shown"] == {"reader": True}
     assert kernel.trigger.read_text() == "w\n"
-    assert kernel.sleeps == [1.0, 1.0]  # the fake clock, not real time
+    assert kernel.sleeps == [] and kernel.now == 0.0  # hung_task_wait 30, but nothing to wait for
     assert [pid for pid, _ in kills] == [522, 523]
     json.dumps(result)
 
 
 def test_module_run_5_10_with_kernel_diagnostics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(
-        tmp_path, OOPS_5_10 + HUNG_5_10_VICTIM + HUNG_5_10_READER, sysrq_dump=SYSRQ_5_10, timeout="120\n"
-    )
+    kernel = FakeKernel(tmp_path, OOPS_5_10, sysrq_dump=SYSRQ_5_10, timeout="120\n")
     crashed_host(tmp_path, monkeypatch, TASKS_5_10, kernel)
     # wchan is 0 on 5.10 (ORC): the reader's wait shows in /proc/<pid>/stack
     (tmp_path / "proc/813/stack").write_text(
@@ -920,21 +1104,48 @@ def test_module_run_5_10_with_kernel_diagnostics(tmp_path: Path, monkeypatch: py
         params(tmp_path, kernel_release="5.10.0-35-amd64", kill_test=False), check_mode=False
     )
     assert result["as_expected"] is True, result["mismatches"]
-    assert result["hung_task"]["reported"] == {"victim": True, "reader": True}
+    assert result["hung_task"]["silenced"]
+    assert result["hung_task"]["reported"] == {"victim": False, "reader": False}
     assert result["hung_task"]["not_applicable"] == {}
     assert result["sysrq_w"]["shown"] == {"victim": True, "reader": True}
+    assert result["observed"]["hung_task_silent"] is True
+    assert kernel.sleeps == []
 
 
-def test_module_run_missing_report_is_a_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
+def test_module_run_report_after_the_oops_is_a_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hung-task report of the reader in the log of an oopsed kernel: not what the kernel does."""
+    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
     crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
     result = chardev_crash_evidence.run(params(tmp_path, hung_task_wait=12), check_mode=False)
-    assert kernel.now == pytest.approx(12.0)
+    assert kernel.now == 0.0
     assert result["as_expected"] is False
     assert result["mismatches"] == [
-        "missing: a hung-task report (INFO: task ... blocked for more than N s) of each task in D"
+        "missing: the hung-task detector silent after the oops (no 'blocked for more than')"
     ]
+    assert result["hung_task"]["reported"] == {"reader": True}
+    assert result["observed"]["hung_task_silent"] is False
+
+
+def test_module_run_without_taint_d_waits_for_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc/sys/kernel/tainted without D: the detector still checks, so the module waits hung_task_wait
+    seconds for its report; none came, and the crash's expectations are not met."""
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
+    crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
+    (tmp_path / "proc/sys/kernel/tainted").write_text(f"{TAINT_NO_OOPS}\n")
+    result = chardev_crash_evidence.run(params(tmp_path, hung_task_wait=12), check_mode=False)
+    assert kernel.now == pytest.approx(12.0)
+    assert kernel.sleeps == [1.0] * 12
+    assert result["hung_task"]["silenced"] is None
     assert result["hung_task"]["reported"] == {"reader": False}
+    assert result["as_expected"] is False
+    assert result["mismatches"] == [
+        "missing: taint flag D (128) in /proc/sys/kernel/tainted",
+        "missing: the hung-task detector silent after the oops (no 'blocked for more than')",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -950,8 +1161,9 @@ def test_module_run_without_diagnostics(
     )
     assert result["as_expected"] is True, result["mismatches"]
     assert result["hung_task"] is None and result["sysrq_w"] is None
-    assert "hung_task_report" not in result["expected"]["markers"]
-    assert "hung_task_report" not in result["observed"]
+    for marker in ("sysrq_w_blocked", "hung_task_silent"):
+        assert marker not in result["expected"]["markers"]
+        assert marker not in result["observed"]
     assert kernel.trigger.read_text() == ""
     assert kernel.sleeps == []
 
@@ -959,7 +1171,7 @@ def test_module_run_without_diagnostics(
 def test_module_accepts_the_new_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
+    kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
     args = {
         "run_dir": str(tmp_path / "run"),
@@ -975,3 +1187,5 @@ def test_module_accepts_the_new_options(
     assert "failed" not in result, result
     assert result["as_expected"] is True, result["mismatches"]
     assert result["sysrq_w"]["shown"] == {"reader": True}
+    assert result["hung_task"]["silenced"] and result["hung_task"]["reported"] == {"reader": False}
+    assert kernel.sleeps == []

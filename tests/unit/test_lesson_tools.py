@@ -303,10 +303,10 @@ def test_rows() -> None:
 def test_row_edge_cases() -> None:
     # a D task the hung-task detector did not report (yet)
     unreported = {**VERDICT_5_10, "hung_task": {**VERDICT_5_10["hung_task"], "reported": {"victim": False}}}
-    assert lesson_table.row(unreported).endswith("| NOT reported |")
+    assert lesson_table.row(unreported).endswith("| none |")
     # no diagnostics (check mode), no victim, no fault; a kernel the lab does not name
     bare = {"kernel_release": "6.6.0-1-amd64", "victim": None, "faults": [], "hung_task": None}
-    assert lesson_table.row(bare) == "| 6.6 (Debian) | `?` | - | - | NOT reported |"
+    assert lesson_table.row(bare) == "| 6.6 (Debian) | `?` | - | - | none |"
     # the primary fault is the one marked so, whatever its place; a single fault has no "later"
     swapped = {**VERDICT_6_1, "faults": list(reversed(VERDICT_6_1["faults"]))}
     assert lesson_table.row(swapped) == ROW_6_1

@@ -105,7 +105,6 @@ faults:
   sample: []
 """
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -119,10 +118,13 @@ from ansible.module_utils.chardev_crash import (
     decode_taint,
     kernel_diagnostics,
     parse_kernel_log,
+    read_json,
     read_kernel_log_lines,
     read_optional,
     run_files,
     taint_letters,
+    utc_now,
+    write_json,
 )
 from ansible.module_utils.chardev_fault import explain_log
 
@@ -141,28 +143,6 @@ RECORD_KEYS = (
 
 def under(path: str) -> str:
     return os.path.join(ROOT, path.lstrip("/"))
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: str, data: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def kernel_log() -> list[str]:
@@ -218,7 +198,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         "sysrq_w": (diagnostics or {}).get("sysrq_w"),
         "faults": explained["faults"],
         "explanation": explained["primary"],
-        "checked_at": now(),
+        "checked_at": utc_now(),
     }
     changed = False
     record = state["record"] if isinstance(state["record"], dict) else None

@@ -66,17 +66,20 @@ options:
     default: 0
   kernel_diagnostics:
     description:
-      - "Also gather the kernel's own diagnostics of the watched tasks that are in state C(D): the
-        hung-task detector's report (C(INFO: task NAME:PID blocked for more than N seconds), waited for
-        at most O(hung_task_wait) seconds) and a SysRq C(w) dump (C(sysrq: Show Blocked State)), and
-        expect both (markers C(hung_task_report), C(sysrq_w_blocked)). Tasks in C(X) are listed as not
+      - "Also gather the kernel's own diagnostics of the watched tasks that are in state C(D): a SysRq C(w)
+        dump (C(sysrq: Show Blocked State)), expected to show each of them (marker C(sysrq_w_blocked)), and
+        the hung-task detector's reports (C(INFO: task NAME:PID blocked for more than N seconds)). Once the
+        kernel has oopsed (taint C(D)) that detector checks nothing any more (kernel/hung_task.c), so no
+        report is expected (marker C(hung_task_silent)) and none is waited for; on a kernel that did not
+        oops, reports are waited for at most O(hung_task_wait) seconds. Tasks in C(X) are listed as not
         applicable. Writing C(w) to C(/proc/sysrq-trigger) only prints to the kernel log."
       - Skipped in check mode.
     type: bool
     default: false
   hung_task_wait:
     description:
-      - Seconds to wait for the hung-task detector's reports with O(kernel_diagnostics). It reports a task
+      - Seconds to wait for the hung-task detector's reports with O(kernel_diagnostics), on a kernel that
+        has not oopsed (after an oops nothing is waited for, the detector being silent). It reports a task
         blocked for C(kernel.hung_task_timeout_secs) within about twice that time.
     type: float
     default: 30
@@ -311,16 +314,18 @@ btf_problem:
 hung_task:
   description:
     - With O(kernel_diagnostics), the hung-task detector's word; null without it.
-    - C(reported) maps each role in C(D) to whether the kernel reported it; C(not_applicable) says why a
+    - C(silenced) says why the detector reports nothing (the kernel oopsed), null when it still checks;
+      C(reported) maps each role in C(D) to whether the kernel reported it; C(not_applicable) says why a
       role is not judged (not in C(D)); C(reports) holds each report's comm, pid, seconds, stack functions
       and log lines.
   returned: always
   type: dict
   sample:
     timeout_secs: 10
-    reported: {reader: true}
+    silenced: "the kernel has oopsed (taint D), and from then on its hung-task detector checks nothing ..."
+    reported: {reader: false}
     not_applicable: {victim: "not in D: ... (pid 812 is in X)"}
-    reports: [{comm: chardev-reader, pid: 813, seconds: 10, stack: [__schedule, schedule], lines: ["..."]}]
+    reports: []
 sysrq_w:
   description:
     - With O(kernel_diagnostics), the SysRq C(w) dump (tasks in C(D) and their stacks); null without it.

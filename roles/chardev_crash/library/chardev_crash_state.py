@@ -184,9 +184,12 @@ from ansible.module_utils.chardev_crash import (
     crash_state,
     gather_tasks,
     pidfiles_for,
+    read_json,
     read_kernel_log_lines,
     run_files,
     taint_baseline_entry,
+    utc_now,
+    write_json,
 )
 from ansible.module_utils.chardev_fault import capture_layout
 
@@ -196,24 +199,8 @@ KMSG_PATH = "/dev/kmsg"
 STOP_WAIT = 5.0
 
 
-def now() -> str:
-    # Not datetime.UTC: the target's Python may be 3.9 (Debian 11).
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
 def under(path: str) -> str:
     return os.path.join(ROOT, path.lstrip("/"))
-
-
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Write atomically (a crash or an interrupt never leaves half a record)."""
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def read_state(params: dict[str, Any]) -> dict[str, Any]:
@@ -229,7 +216,7 @@ def record_baseline(state: dict[str, Any], check_mode: bool) -> bool:
     if baseline is not None and baseline.get("boot_id") == state["boot_id"]:
         return False
     if not check_mode:
-        entry = taint_baseline_entry(state["tainted"], state["boot_id"], state["module_loaded"], now())
+        entry = taint_baseline_entry(state["tainted"], state["boot_id"], state["module_loaded"], utc_now())
         write_json(under(TAINT_BASELINE_PATH), entry)
         state["taint_baseline"] = entry
         state["new_taint"] = state["tainted"] & ~entry["tainted"]
@@ -267,14 +254,6 @@ def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool) -> list
     return stopped
 
 
-def read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def read_int(path: str) -> int | None:
     try:
         with open(path, encoding="ascii") as handle:
@@ -303,7 +282,7 @@ def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     if not (isinstance(marker, dict) and marker.get("boot_id") == layout["boot_id"]):
         changed = True
         if not check_mode:
-            write_json(under(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": now()})
+            write_json(under(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": utc_now()})
 
     wanted = int(params.get("hung_task_timeout") or 0)
     timeout_path = under("/" + HUNG_TASK_TIMEOUT_FILE)
@@ -327,7 +306,7 @@ def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             if not (isinstance(saved, dict) and saved.get("boot_id") == layout["boot_id"]):
                 write_json(
                     under(files["settings"]),
-                    {"boot_id": layout["boot_id"], "hung_task_timeout_secs": before, "saved_at": now()},
+                    {"boot_id": layout["boot_id"], "hung_task_timeout_secs": before, "saved_at": utc_now()},
                 )
             with open(timeout_path, "w", encoding="ascii") as handle:
                 handle.write(f"{wanted}\n")
@@ -342,7 +321,7 @@ def mark(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     record = {
         "state": RECORD_UNLOADING,
         "mode": params["mode"],
-        "marked_at": now(),
+        "marked_at": utc_now(),
         "kernel_release": os.uname().release,
         "watched": {
             task.role: {"pid": task.pid, "comm": task.comm, "identity": task.identity} for task in tasks
@@ -365,7 +344,7 @@ def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         for key, value in (params["evidence"] or {}).items()
         if key not in ("changed", "failed", "invocation", "_ansible_no_log")
     }
-    full = {**evidence, "state": RECORD_CRASHED, "mode": params["mode"], "crashed_at": now()}
+    full = {**evidence, "state": RECORD_CRASHED, "mode": params["mode"], "crashed_at": utc_now()}
     if isinstance(marked, dict) and marked.get("marked_at"):
         full["marked_at"] = marked["marked_at"]
     if not check_mode:

@@ -40,6 +40,7 @@ from ansible.module_utils.chardev_crash import (
     parse_wchan,
     proc_path,
     read_optional,
+    read_optional_bytes,
     read_task_state,
 )
 
@@ -49,14 +50,6 @@ VERDICTS = ("crashed", "not_unloaded", "not_read", "nothing_held", "not_loaded",
 #: Persistent (survives a reboot): the boot in which the lab last got the crash variant ready. A check
 #: in another boot without a crash means the machine restarted in between: a panic, or a reset.
 LESSON_MARKER_PATH = "/var/lib/chardev-lab/lesson.json"
-
-
-def _read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def scan_tasks(
@@ -76,7 +69,7 @@ def scan_tasks(
         stat = read_task_state(root, pid)
         if stat is None:
             continue
-        cmdline = parse_cmdline(_read_bytes(proc_path(root, pid, "cmdline")) or b"")
+        cmdline = parse_cmdline(read_optional_bytes(proc_path(root, pid, "cmdline")) or b"")
         kernel_thread = stat.flags is not None and bool(stat.flags & PF_KTHREAD)
         if stat.state in ("D", "X") and not kernel_thread:
             stuck.append(
