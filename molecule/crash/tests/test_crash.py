@@ -131,15 +131,16 @@ def btf_member_offsets(host, struct: str) -> dict[str, int]:
     return offsets
 
 
-#: The file_operations member the first fault reads, per victim mode: read() calls f_op->read, splice()
-#: f_op->splice_read.
+#: The file_operations member the lab's own victim's first fault reads, per mode: its read() (os.read,
+#: unbuffered) calls f_op->read, splice() f_op->splice_read. A student's Python shell may fault
+#: elsewhere first (text mode asks the position: .llseek on 5.10): checked against pahole, not this.
 FIRST_MEMBER = {"read": "read", "splice": "splice_read"}
 
 
-def check_explanation(host, explanation: dict, mode: str) -> None:
+def check_explanation(host, explanation: dict, member: str | None) -> None:
     """The lab's explanation of the first fault, against the kernel's own files: the address in dmesg,
     the layout recorded from /sys/module/chardev/sections and /proc/kallsyms before the unload, and the
-    member at that offset as pahole reads the kernel's BTF."""
+    member at that offset as pahole reads the kernel's BTF (and, when given, that it is `member`)."""
     address = first_fault_address(host)
     assert int(explanation["address"], 16) == address, explanation
     layout = json.loads(host.file(FILES["layout"]).content_string)
@@ -149,8 +150,10 @@ def check_explanation(host, explanation: dict, mode: str) -> None:
     offset = address - symbols["chardev_fops"]
     assert explanation["symbol"] == "chardev_fops" and explanation["offset"] == offset, explanation
     members = btf_member_offsets(host, "file_operations")
-    assert members[FIRST_MEMBER[mode]] == offset, (offset, members)
-    assert explanation["member"] == FIRST_MEMBER[mode], explanation
+    at_offset = [name for name, start in members.items() if start == offset]
+    assert explanation["member"] in at_offset, (explanation, offset, members)
+    if member is not None:
+        assert explanation["member"] == member, explanation
     assert f"chardev_fops+0x{offset:x}" in explanation["text"], explanation["text"]
 
 
@@ -258,7 +261,7 @@ class TestCrashed:
 
     def test_the_fault_is_explained_from_the_kernels_own_evidence(self, host):
         record = json.loads(host.file(FILES["record"]).content_string)
-        check_explanation(host, record["explanation"], mode_of(host))
+        check_explanation(host, record["explanation"], FIRST_MEMBER[mode_of(host)])
         # The report on the control node says it too.
         assert results_file(host, "crash.json")["explanation"]["text"] == record["explanation"]["text"]
 
@@ -373,7 +376,7 @@ class TestHand:
         assert (victim["pid"], "python3") in log.oops_tasks, (victim, log.oops_tasks)
         want = expected_outcome(host.run("uname -r").stdout.strip(), "read")["tasks"]["victim"]["state"]
         assert state_of(host, victim["pid"]) == want, evidence(host, f"ps -o pid,stat,cmd -p {victim['pid']}")
-        check_explanation(host, verdict["explanation"], "read")
+        check_explanation(host, verdict["explanation"], None)
         check_kernel_diagnostics(host, verdict, expected_outcome(host.run("uname -r").stdout.strip(), "read"),
                                  {"victim": victim["pid"]})  # fmt: skip
 

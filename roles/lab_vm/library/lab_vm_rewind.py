@@ -105,7 +105,9 @@ except ImportError:
     HAS_QMP = False
 
 QMP_SOCKET = "qmp.sock"
-#: Seconds one QMP command may take (a snapshot job is polled, not awaited, so this stays short).
+#: Seconds one QMP command may take. While a snapshot job runs, QEMU's main loop is busy saving or
+#: loading the VM's memory and the monitor answers nothing: then a command may take up to the module's
+#: whole timeout (measured: three VMs loading ~750 MiB points at once on 2 cores took longer than 30 s).
 COMMAND_TIMEOUT = 30
 OVERLAY = "overlay.qcow2"
 
@@ -146,7 +148,13 @@ class Monitor:
             self.qmp.connect()
         except Exception as exc:  # qemu.qmp raises its own ConnectError, OSError, asyncio errors
             raise RewindError(f"cannot connect to QEMU's monitor {self.path}: {exc}") from exc
-        self.qmp.settimeout(COMMAND_TIMEOUT)
+        self.command_timeout: float = COMMAND_TIMEOUT
+        self.qmp.settimeout(self.command_timeout)
+
+    def wait_longer(self, seconds: float) -> None:
+        """Let each command take up to seconds (while a job keeps QEMU's main loop busy)."""
+        self.command_timeout = max(seconds, COMMAND_TIMEOUT)
+        self.qmp.settimeout(self.command_timeout)
 
     def close(self) -> None:
         # A monitor that went away mid-command must not hide why.
@@ -160,7 +168,7 @@ class Monitor:
             raise RewindError(f"QMP {name} failed: {exc}") from exc
         except TimeoutError as exc:
             raise RewindError(
-                f"QEMU's monitor {self.path} did not answer {name} within {COMMAND_TIMEOUT} s"
+                f"QEMU's monitor {self.path} did not answer {name} within {self.command_timeout:g} s"
             ) from exc
         except (QMPError, EOFError, OSError) as exc:
             raise RewindError(f"QEMU's monitor {self.path} went away during {name}: {exc!r}") from exc
@@ -175,8 +183,10 @@ class Monitor:
         for job in self.cmd("query-jobs"):
             if job.get("id") == job_id and job.get("status") == "concluded":
                 self.cmd("job-dismiss", id=job_id)
-        self.cmd(command, **{"job-id": job_id, **args})
         deadline = started + self.timeout
+        # The job holds QEMU's main loop while it copies the memory: the monitor answers when it is done.
+        self.wait_longer(self.timeout)
+        self.cmd(command, **{"job-id": job_id, **args})
         while True:
             job = next((j for j in self.cmd("query-jobs") if j.get("id") == job_id), None)
             if job is None or job.get("status") == "concluded":
@@ -185,6 +195,7 @@ class Monitor:
                 raise RewindError(f"{command} did not finish within {self.timeout:g} s (job {job_id})")
             time.sleep(0.1)
         seconds = time.monotonic() - started
+        self.wait_longer(0)  # the job is over: the monitor answers at once again
         if job is not None:
             self.cmd("job-dismiss", id=job_id)
             if job.get("error"):
