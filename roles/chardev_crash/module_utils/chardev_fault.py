@@ -31,6 +31,8 @@ from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ansible.module_utils.chardev_crash import RECURSIVE_FAULT_MARKER, strip_log_prefix
+
 #: The struct type of the module's data symbols that the kernel dereferences. The module is built out of
 #: tree without BTF of its own (no CONFIG_DEBUG_INFO_BTF_MODULES pass over it), so nothing on the node
 #: says that the symbol ``chardev_fops`` is a ``struct file_operations``: this map says it, and the
@@ -228,9 +230,6 @@ def parse_layout(record: Any) -> tuple[dict[str, Any] | None, str | None]:
 # The oopses in the kernel log
 # ---------------------------------------------------------------------------------------------------------
 
-_PRIORITY_RE = re.compile(r"^<\d+>")
-_TIMESTAMP_RE = re.compile(r"^\[\s*\d+\.\d+\]\s?")
-
 _AT_ADDRESS = r"(?: virtual address)? ([0-9a-fA-Fx]+)"
 # Headlines, each opening one oops: (kind, pattern with the address as group 1 when there is one).
 _HEADLINES = (
@@ -264,16 +263,8 @@ _RIP_SYMBOL_RE = re.compile(
 _RIP_RAW_RE = re.compile(r"\bRIP: [0-9a-fA-F]{4}:(?:0x)?([0-9a-fA-F]{8,16})\b")
 _LAST_UNLOADED_RE = re.compile(r"\[last unloaded: ([\w-]+)")
 _END_TRACE = "---[ end trace"
-RECURSIVE_FAULT_MARKER = "Fixing recursive fault but reboot is needed!"
 
 _ACCESS_WORDS = {"read access": "read", "write access": "write", "instruction fetch": "instruction fetch"}
-
-
-def strip_log_prefix(line: str) -> str:
-    """Drop a syslog priority "<N>" and a dmesg timestamp "[ 12.345678] " from the start of a line."""
-    line = line.rstrip("\r\n")
-    line = _PRIORITY_RE.sub("", line)
-    return _TIMESTAMP_RE.sub("", line)
 
 
 def _new_fault(kind: str, headline: str, address: int | None) -> dict[str, Any]:
@@ -399,7 +390,7 @@ def parse_faults(lines: Iterable[str] | str) -> list[dict[str, Any]]:
     current: dict[str, Any] | None = None
     closed = False
     for raw in lines:
-        line = strip_log_prefix(raw)
+        line = strip_log_prefix(raw.rstrip("\r\n"))
         headline = _headline(line)
         if (
             headline is None
