@@ -86,10 +86,11 @@ BAKED_PACKAGES = ["linux-headers-amd64"]
 ARMS = ("A", "B", "C", "D", "E")
 # The code the figures depend on (recorded at every measure: the working tree may be shared).
 MEASURED_PATHS = ("roles", "playbooks", "files/chardev", "inventory/group_vars", "ansible.cfg")
-PHASES = ("headers", "build", "load_node", "demo", "overhead", "rewind_point", "ansible_other")
+PHASES = ("headers", "build", "cache_build", "load_node", "demo", "overhead", "rewind_point", "ansible_other")
 PHASE_LABELS = {
     "headers": "headers",
     "build": "build",
+    "cache_build": "crash variant built into the build cache, for the rewind point (the script does not)",
     "load_node": "load+node",
     "demo": "reads / demo",
     "overhead": "overhead (facts, pre_tasks, guard)",
@@ -209,11 +210,18 @@ def task_list(doc: dict[str, Any]) -> list[dict[str, Any]]:
             if duration.get("start") and duration.get("end"):
                 seconds = parse_time(duration["end"]) - parse_time(duration["start"])
             results = list(task.get("hosts", {}).values())
+            # chardev_build says how long each variant's kbuild took, and which were for the cache only.
+            cache_seconds = sum(
+                float(r.get("compiled", {}).get(v, 0.0))
+                for r in results
+                for v in r.get("cached_variants", [])
+            )
             out.append(
                 {
                     "name": task["task"]["name"],
                     "phase": phase_of(task["task"]["name"]),
                     "seconds": round(seconds, 3),
+                    "cache_seconds": round(cache_seconds, 3),
                     "changed": any(r.get("changed") for r in results),
                     "skipped": bool(results) and all(r.get("skipped") for r in results),
                 }
@@ -225,7 +233,9 @@ def lab_record(run: Run) -> dict[str, Any]:
     tasks = task_list(run.doc)
     phases = dict.fromkeys(PHASES, 0.0)
     for task in tasks:
-        phases[task["phase"]] += task["seconds"]
+        cache = min(task.get("cache_seconds", 0.0), task["seconds"])
+        phases[task["phase"]] += task["seconds"] - cache
+        phases["cache_build"] += cache
     phases["ansible_other"] = max(0.0, run.wall - sum(t["seconds"] for t in tasks))
     return {
         "wall": round(run.wall, 3),
@@ -559,6 +569,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "load_node": ratio(med(lab["load_node"]), med(sh["load_node"])),
             "demo_vs_reads": ratio(med(lab["demo"]), med(sh["reads"])),
             "total_wall": ratio(med(lab["wall"]), med(s["shell_ssh_wall"])),
+            "total_wall_same_work": ratio(
+                None if med(lab["wall"]) is None else med(lab["wall"]) - (med(lab["cache_build"]) or 0.0),
+                med(s["shell_ssh_wall"]),
+            ),
         },
         "second_vs_first": ratio(med(s["lab_second"]["wall"]), med(lab["wall"])),
         "fresh_vs_rewind": ratio(med(s["fresh_total"]), med(s["rewind_wall"])),
@@ -648,8 +662,9 @@ def render(r: dict[str, Any], command: str) -> str:
             TARGETS["baked_lab_seconds"],
         ),
         (
-            "Ansible <= shell baseline on the same run (`lab.yml` wall / the script's ssh wall)",
-            rt["ansible_vs_shell"]["total_wall"],
+            "Ansible <= shell baseline on the same run, the same work (`lab.yml` wall without the crash "
+            "variant's cache build / the script's ssh wall)",
+            rt["ansible_vs_shell"].get("total_wall_same_work"),
             fmt_r,
             TARGETS["ansible_vs_shell"],
         ),
@@ -713,6 +728,8 @@ def render(r: dict[str, Any], command: str) -> str:
         f"| demo / reads | {fmt_r(rt['ansible_vs_shell']['demo_vs_reads'])} |",
         "| **total: `lab.yml` wall / script's ssh wall** | "
         f"**{fmt_r(rt['ansible_vs_shell']['total_wall'])}** |",
+        "| the same work: `lab.yml` wall without the crash variant's cache build / script's ssh wall | "
+        f"{fmt_r(rt['ansible_vs_shell'].get('total_wall_same_work'))} |",
         "",
         "## C. `lab.yml` again, nothing to do",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,14 @@ def build(capsys, tmp_path: Path, kbuild: FakeKbuild, monkeypatch, variant: str 
         sources={k: v.decode() for k, v in SOURCES.items()},
         variant=variant,
         kernel_release="6.1.0-56-amd64",
+        cache_dir=str(tmp_path / "cache"),
         **extra,
     )
+
+
+def makes(kbuild: FakeKbuild) -> list[str]:
+    """The variants kbuild compiled."""
+    return [next(a[8:] for a in c if a.startswith("VARIANT=")) for c in kbuild.commands if c[-1] == "modules"]
 
 
 def test_build_installs_then_reuses_then_rebuilds_for_another_variant(
@@ -184,3 +191,73 @@ def test_failed_build_shows_the_compiler_lines(
     assert result["failed"]
     assert "error: expected" in result["msg"] and "Entering directory" not in result["msg"]
     assert not (kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko").exists()
+
+
+def test_a_variant_built_before_is_installed_from_the_cache(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="safe")
+    build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="crash")
+    kbuild = FakeKbuild()
+    back = build(capsys, tmp_path, kbuild, monkeypatch, variant="safe")
+    assert back["changed"] and back["built"] and back["from_cache"] and back["compiled"] == {}
+    assert makes(kbuild) == [] and ["depmod", "-a", "6.1.0-56-amd64"] in kbuild.commands
+    installed = kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko"
+    assert installed.read_text() == "module safe" and back["version"] == "1.0-safe"
+    assert (installed.parent / "chardev.ko.stamp").read_text().strip() == back["stamp"]
+
+
+def test_cache_variants_are_built_but_not_installed_then_used(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    kbuild = FakeKbuild()
+    first = build(capsys, tmp_path, kbuild, monkeypatch, variant="safe", cache_variants=["crash", "safe"])
+    assert first["changed"] and makes(kbuild) == ["safe", "crash"]
+    assert set(first["compiled"]) == {"safe", "crash"} and first["cached_variants"] == ["crash"]
+    installed = kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko"
+    assert installed.read_text() == "module safe" and first["version"] == "1.0-safe"
+    cached = sorted(p.read_text() for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir())
+    assert cached == ["module crash", "module safe"]
+
+    again = FakeKbuild()
+    second = build(capsys, tmp_path, again, monkeypatch, variant="safe", cache_variants=["crash"])
+    assert not second["changed"] and second["cached_variants"] == [] and makes(again) == []
+
+    switch = FakeKbuild()
+    crash = build(capsys, tmp_path, switch, monkeypatch, variant="crash", cache_variants=["crash"])
+    assert crash["changed"] and crash["from_cache"] and makes(switch) == []
+    assert installed.read_text() == "module crash" and crash["version"] == "1.0-crash"
+
+
+def test_check_mode_reports_the_cache_builds_and_writes_nothing(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="safe")
+    kbuild = FakeKbuild()
+    check = {"cache_variants": ["crash"], "_ansible_check_mode": True}
+    result = build(capsys, tmp_path, kbuild, monkeypatch, variant="safe", **check)
+    assert result["changed"] and not result["built"] and result["cached_variants"] == ["crash"]
+    assert makes(kbuild) == [] and len(list((tmp_path / "cache" / "6.1.0-56-amd64").iterdir())) == 1
+
+
+def test_a_failed_cache_build_fails_the_task_and_caches_nothing(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="safe")
+    failure = (DATA / "kbuild-error-6.1.txt").read_text()
+    result = build(capsys, tmp_path, FakeKbuild(fail_with=failure), monkeypatch, cache_variants=["crash"])
+    assert result["failed"] and "crash variant" in result["msg"]
+    assert [p.name for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir() if "partial" in p.name] == []
+    assert len(list((tmp_path / "cache" / "6.1.0-56-amd64").iterdir())) == 1
+
+
+def test_the_cache_keeps_the_most_recently_used_builds(tmp_path: Path) -> None:
+    release_dir = tmp_path / "6.1.0-56-amd64"
+    release_dir.mkdir()
+    for age in range(9):
+        ko = release_dir / f"{age}.ko"
+        ko.write_text("x")
+        os.utime(ko, (1000 - age, 1000 - age))
+    removed = chardev_build.prune_cache(str(release_dir))
+    assert sorted(removed) == ["6.ko", "7.ko", "8.ko"]
+    assert sorted(p.name for p in release_dir.iterdir()) == [f"{age}.ko" for age in range(6)]

@@ -16,6 +16,11 @@ description:
   - Rebuilds only when the sources, the variant or the kernel release change. They are hashed into
     a stamp stored next to the installed module; C(make -q) cannot answer this question for kbuild,
     which always descends into the kernel tree.
+  - Every build is also kept in a build cache on the target (O(cache_dir), one file per stamp, the
+    newest few per kernel release), so that switching back to a variant built before copies it
+    instead of compiling again. O(cache_variants) builds other variants into the cache without
+    installing them (the lab puts the crash variant's build in a local VM's rewind point, so that a
+    crash after a rewind, which takes the disk back too, does not compile).
   - A failed build reports the compiler's error lines, not the whole make output.
   - Also reports which build of the module is loaded, if any (C(/sys/module/chardev/version) and
     C(srcversion)), so the role can reload it when another build is in the kernel.
@@ -45,6 +50,18 @@ options:
     description: Module name.
     type: str
     default: chardev
+  cache_variants:
+    description:
+      - Other variants to build into the build cache, not installed (none of them is loaded either).
+        One that is already there is left alone.
+    type: list
+    elements: str
+    choices: [safe, classic, crash]
+    default: []
+  cache_dir:
+    description: The build cache, one directory per kernel release.
+    type: path
+    default: /var/cache/chardev-lab/builds
 attributes:
   check_mode:
     support: full
@@ -68,10 +85,27 @@ EXAMPLES = r"""
 
 RETURN = r"""
 built:
-  description: Whether the module was (or, in check mode, would be) built.
+  description: Whether a new build of the module was (or, in check mode, would be) installed, compiled or
+    copied from the build cache.
   returned: always
   type: bool
   sample: true
+from_cache:
+  description: Whether the installed build came (or would come) from the build cache instead of the compiler.
+  returned: always
+  type: bool
+  sample: false
+compiled:
+  description: The variants compiled by this run, each with the seconds its kbuild run took.
+  returned: always
+  type: dict
+  sample: {safe: 31.2, crash: 30.4}
+cached_variants:
+  description: The variants of O(cache_variants) that were (or would be) built into the build cache.
+  returned: always
+  type: list
+  elements: str
+  sample: [crash]
 ko:
   description: Installed module file.
   returned: always
@@ -126,6 +160,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -134,6 +169,9 @@ SOURCES = ("chardev.c", "Makefile")
 # Where kernels keep their modules and where loaded modules show; tests point them into a tmp dir.
 MODULES_ROOT = "/lib/modules"
 SYSFS_MODULES = "/sys/module"
+# Builds kept per kernel release in the build cache: the three variants of the current sources, and a
+# few older ones (a student editing chardev.c goes back and forth).
+CACHE_KEEP = 6
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
 WARNING_RE = re.compile(r"warning:")
 
@@ -190,6 +228,33 @@ def reload_needed(
     return loaded and (pending or loaded_id != installed_id or not all(loaded_id))
 
 
+def cached_ko(cache_dir: str, release: str, stamp: str) -> str:
+    return os.path.join(cache_dir, release, f"{stamp}.ko")
+
+
+def copy_atomically(source: str, dest: str) -> None:
+    """dest gets source's bytes, mode 0644, in one rename: an interrupted copy leaves no half file."""
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    partial = f"{dest}.partial"
+    shutil.copyfile(source, partial)
+    os.chmod(partial, 0o644)
+    os.replace(partial, dest)
+
+
+def prune_cache(release_dir: str, keep: int = CACHE_KEEP) -> list[str]:
+    """Remove all but the keep most recently used builds of one release; returns the removed names."""
+    try:
+        entries = [e for e in os.scandir(release_dir) if e.name.endswith(".ko") and e.is_file()]
+    except OSError:
+        return []
+    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    removed = []
+    for entry in entries[keep:]:
+        os.unlink(entry.path)
+        removed.append(entry.name)
+    return removed
+
+
 def make_module() -> AnsibleModule:
     return AnsibleModule(
         argument_spec={
@@ -198,6 +263,13 @@ def make_module() -> AnsibleModule:
             "variant": {"type": "str", "required": True, "choices": ["safe", "classic", "crash"]},
             "kernel_release": {"type": "str"},
             "name": {"type": "str", "default": "chardev"},
+            "cache_variants": {
+                "type": "list",
+                "elements": "str",
+                "choices": ["safe", "classic", "crash"],
+                "default": [],
+            },
+            "cache_dir": {"type": "path", "default": "/var/cache/chardev-lab/builds"},
         },
         supports_check_mode=True,
     )
@@ -229,9 +301,18 @@ def main() -> None:
                 handle.write(sources[source])
     stamp = build_stamp(sources, p["variant"], release)
     built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
+    cache = p["cache_dir"]
+    from_cache = built and os.path.isfile(cached_ko(cache, release, stamp))
+    others = [v for v in dict.fromkeys(p["cache_variants"]) if v != p["variant"]]
+    to_cache = [
+        v for v in others if not os.path.isfile(cached_ko(cache, release, build_stamp(sources, v, release)))
+    ]
     result: dict[str, Any] = {
-        "changed": built or bool(written),
+        "changed": built or bool(written) or bool(to_cache),
         "built": built,
+        "from_cache": from_cache,
+        "compiled": {},
+        "cached_variants": to_cache,
         "sources_written": written,
         "ko": ko,
         "stamp": stamp,
@@ -241,33 +322,48 @@ def main() -> None:
     result["loaded_version"] = read_first_line(f"{sysfs}/version")
     result["loaded_srcversion"] = read_first_line(f"{sysfs}/srcversion")
 
-    if built and not module.check_mode:
+    def compile_into_cache(variant: str) -> str:
+        """kbuild the variant in src; its .ko goes to the cache. Returns the cached file."""
         if not os.path.isfile(os.path.join(kdir, "Makefile")):
             module.fail_json(
                 msg=f"the kernel headers for {release} are missing ({kdir} has no Makefile): "
                 f"run the kernel_headers role first",
                 **result,
             )
-        make = ["make", "-C", kdir, f"M={p['src']}", f"VARIANT={p['variant']}"]
+        make = ["make", "-C", kdir, f"M={p['src']}", f"VARIANT={variant}"]
+        started = time.monotonic()
         module.run_command([*make, "clean"])
         rc, out, err = module.run_command([*make, "modules"])
         output = f"{out}\n{err}"
         if rc != 0:
             lines = compiler_lines(output) or output.strip().splitlines()[-15:]
             module.fail_json(
-                msg=f"building the {p['variant']} variant of {name}.ko for {release} failed:\n"
-                + "\n".join(lines),
+                msg=f"building the {variant} variant of {name}.ko for {release} failed:\n" + "\n".join(lines),
                 compiler_lines=lines,
                 **result,
             )
-        result["warnings_lines"] = compiler_lines(output, WARNING_RE)
-        os.makedirs(os.path.dirname(ko), exist_ok=True)
-        shutil.copyfile(os.path.join(p["src"], f"{name}.ko"), ko)
-        os.chmod(ko, 0o644)
-        module.run_command(["depmod", "-a", release], check_rc=True)
-        with open(stamp_file, "w", encoding="utf-8") as handle:
-            handle.write(stamp + "\n")
+        result["compiled"][variant] = round(time.monotonic() - started, 1)
+        if variant == p["variant"]:
+            result["warnings_lines"] = compiler_lines(output, WARNING_RE)
+        cached = cached_ko(cache, release, build_stamp(sources, variant, release))
+        copy_atomically(os.path.join(p["src"], f"{name}.ko"), cached)
+        return cached
 
+    if not module.check_mode:
+        if built:
+            cached = cached_ko(cache, release, stamp)
+            if from_cache:
+                os.utime(cached)  # used now: the pruning keeps the most recently used builds
+            else:
+                cached = compile_into_cache(p["variant"])
+            copy_atomically(cached, ko)
+            module.run_command(["depmod", "-a", release], check_rc=True)
+            with open(stamp_file, "w", encoding="utf-8") as handle:
+                handle.write(stamp + "\n")
+        for variant in to_cache:
+            compile_into_cache(variant)
+        if built or to_cache:
+            prune_cache(os.path.join(cache, release))
     exists = os.path.exists(ko)
     result["version"] = modinfo_field(module, ko, "version") if exists else ""
     result["srcversion"] = modinfo_field(module, ko, "srcversion") if exists else ""
