@@ -330,9 +330,43 @@ class TestRewound:
     def test_status_page_in_a_browser_matches_the_json(self, status):
         check_page_matches(status, "status-page-rewound.png")
 
+    def test_the_rewind_point_holds_both_variants_builds(self, host):
+        # playbooks/lab.yml built the crash variant into the build cache before the point was kept, so
+        # the crash after this rewind copies it (the crashed-splice phase checks that nothing compiled).
+        listing = f"ls -la {build_cache(host)}"
+        assert cached_versions(host) >= {"1.0-safe", "1.0-crash"}, evidence(host, listing)
+
     def test_the_lesson_settings_went_back_with_the_rewind(self, host):
         # The crash lowered the hung-task timeout for the lesson; the rewind point is from before it.
         assert host.file("/proc/sys/kernel/hung_task_timeout_secs").content_string.strip() == "120"
+
+
+def build_cache(host) -> str:
+    return f"/var/cache/chardev-lab/builds/{host.run('uname -r').stdout.strip()}"
+
+
+def cached_versions(host) -> set[str]:
+    """MODULE_VERSION of every build in the VM's build cache (chardev_build keeps one file per stamp)."""
+    listing = host.run(f"for ko in {build_cache(host)}/*.ko; do modinfo -F version $ko; done")
+    return set(listing.stdout.split())
+
+
+@pytest.mark.skipif(PHASE != "crashed-splice", reason="checked after the crash that follows a rewind")
+def test_the_crash_after_a_rewind_compiled_nothing(host):
+    # kbuild leaves chardev.ko in the build directory each time it compiles. The crash variant's build
+    # came from the rewind point's cache: the newest .ko there is older than this step, whose start
+    # side_effect.yml recorded (the rewound guest's clock was set from the control node's).
+    step_started = (
+        (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "steps")
+        .joinpath(f"{host.backend.get_hostname()}.boot_id")
+        .stat()
+        .st_mtime
+    )
+    built = host.run("stat -c %Y /usr/local/src/chardev/chardev.ko")
+    assert built.rc == 0, built
+    listing = "ls -la --time-style=full-iso /usr/local/src/chardev"
+    assert int(built.stdout) < step_started, evidence(host, listing)
+    assert cached_versions(host) >= {"1.0-safe", "1.0-crash"}
 
 
 def worksheet_steps(host, part: str) -> list:
