@@ -43,6 +43,21 @@ LAB_READY = {
 
 JOB_COMMANDS = ("snapshot-save", "snapshot-load", "snapshot-delete")
 
+# QEMU 7.2's `info usernet` for a lab VM: the SSH port forward, and no connection / one open / closing.
+USERNET_HEAD = """Hub -1 (net0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  12       127.0.0.1  2201       10.0.2.15    22     0     0
+"""
+USERNET_CLOSED = (
+    USERNET_HEAD + "  TCP[TIME_WAIT]    -1       127.0.0.1  2201       10.0.2.15    22     0     0\n"
+)
+USERNET_OPEN = (
+    USERNET_HEAD + "  TCP[ESTABLISHED]   16       127.0.0.1  2201       10.0.2.15    22     0     0\n"
+)
+USERNET_STUCK = (
+    USERNET_HEAD + "  TCP[FIN_WAIT_1]    26       127.0.0.1  2201       10.0.2.15    22     0    60\n"
+)
+
 
 # ---------------------------------------------------------------------------------------------------
 # The fake QEMU monitor
@@ -77,6 +92,8 @@ class FakeQmp:
         self.errors: dict[str, str] = {}
         self.hang_up_on = ""
         self.silent_on = ""
+        # The answers to `info usernet`, one per call; the last one repeats.
+        self.usernet = [USERNET_CLOSED]
         self.received: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -183,6 +200,8 @@ class FakeQmp:
         if command == "cont":
             self.status = "running"
             return {"return": {}}
+        if command == "human-monitor-command" and args.get("command-line") == "info usernet":
+            return {"return": self.usernet.pop(0) if len(self.usernet) > 1 else self.usernet[0]}
         return {"error": {"class": "CommandNotFound", "desc": f"The command {command} has not been found"}}
 
     def _block_nodes(self, args: dict[str, Any]) -> list[dict[str, Any]]:
@@ -268,9 +287,11 @@ def run_module(capsys: pytest.CaptureFixture[str], vm_dir: Path, **extra: Any) -
 
 
 def job_sequence(command: str) -> list[str]:
-    """A snapshot job as the module drives it: a look for a concluded job of an earlier run with its id,
-    started, seen running, seen concluded, dismissed."""
-    return ["query-jobs", command, "query-jobs", "query-jobs", "job-dismiss"]
+    """A snapshot job as the module drives it: a save or load first looks at the guest's SSH connections
+    (info usernet, once when none is open); then a look for a concluded job of an earlier run with its
+    id, started, seen running, seen concluded, dismissed."""
+    usernet = ["human-monitor-command"] if command in ("snapshot-save", "snapshot-load") else []
+    return [*usernet, "query-jobs", command, "query-jobs", "query-jobs", "job-dismiss"]
 
 
 CONNECT = ["qmp_capabilities", "query-named-block-nodes"]
@@ -364,6 +385,7 @@ def test_present_when_the_point_exists(
         "seconds": 0.0,
         "vm_state_size": LAB_READY["vm-state-size"],
         "run_status": "running",
+        "open_connections": [],
         "invocation": result["invocation"],
     }
     assert with_point.commands == [*CONNECT, *FINISH]
@@ -477,7 +499,7 @@ def test_command_error(qmp: FakeQmp, vm_dir: Path, capsys: pytest.CaptureFixture
     assert result["msg"] == (
         "QMP snapshot-save failed: Device '#block548' is writable but does not support snapshots"
     )
-    assert qmp.commands == [*CONNECT, "query-jobs", "snapshot-save"]
+    assert qmp.commands == [*CONNECT, "human-monitor-command", "query-jobs", "snapshot-save"]
 
 
 def test_error_on_the_first_query(qmp: FakeQmp, vm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -520,8 +542,8 @@ def test_job_timeout(qmp: FakeQmp, vm_dir: Path, capsys: pytest.CaptureFixture[s
     result = run_module(capsys, vm_dir, state="present", timeout=0.05)
     assert result["failed"] is True
     assert result["msg"] == "snapshot-save did not finish within 0.05 s (job lab-rewind-save)"
-    assert qmp.commands[:4] == [*CONNECT, "query-jobs", "snapshot-save"]
-    assert set(qmp.commands[4:]) == {"query-jobs"}
+    assert qmp.commands[:5] == [*CONNECT, "human-monitor-command", "query-jobs", "snapshot-save"]
+    assert set(qmp.commands[5:]) == {"query-jobs"}
     assert qmp.jobs["lab-rewind-save"]["status"] == "running"
 
 
@@ -578,3 +600,39 @@ def test_monitor_that_does_not_answer(
         f"QEMU's monitor {vm_dir / 'qmp.sock'} did not answer query-status within "
         f"{lab_vm_rewind.COMMAND_TIMEOUT} s"
     ), result["msg"]
+
+
+def test_open_ssh_connections_from_info_usernet() -> None:
+    assert lab_vm_rewind.open_ssh_connections(USERNET_CLOSED) == []
+    assert lab_vm_rewind.open_ssh_connections(USERNET_OPEN) == [
+        "TCP[ESTABLISHED] 16 127.0.0.1 2201 10.0.2.15 22 0 0"
+    ]
+    assert len(lab_vm_rewind.open_ssh_connections(USERNET_STUCK)) == 1
+    # A guest's own connection out (to the mirror relay, port 80) is not the control node's SSH.
+    out = USERNET_HEAD + "  TCP[ESTABLISHED]   17       10.0.2.15 40000   10.0.2.100    80     0     0\n"
+    assert lab_vm_rewind.open_ssh_connections(out) == []
+
+
+def test_the_point_waits_for_the_ssh_connections_to_close(
+    qmp: FakeQmp, vm_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qmp.usernet = [USERNET_OPEN, USERNET_STUCK, USERNET_CLOSED]
+    result = run_module(capsys, vm_dir, state="present")
+    assert result["changed"] and result["open_connections"] == [] and "warnings" not in result
+    assert qmp.commands.count("human-monitor-command") == 3
+    assert qmp.commands.index("snapshot-save") > max(
+        i for i, c in enumerate(qmp.commands) if c == "human-monitor-command"
+    )
+
+
+def test_a_connection_that_stays_open_is_warned_about(
+    with_point: FakeQmp, vm_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lab_vm_rewind, "CONNECTIONS_GRACE", 0.5)
+    with_point.usernet = [USERNET_OPEN]
+    result = run_module(capsys, vm_dir, state="restored")
+    assert result["changed"] and result["exists"]
+    assert result["open_connections"] == ["TCP[ESTABLISHED] 16 127.0.0.1 2201 10.0.2.15 22 0 0"]
+    # Ansible shows each distinct warning once per process: the text is checked on its own.
+    warning = lab_vm_rewind.open_connections_warning(result["open_connections"], "restored")
+    assert warning.startswith("1 SSH connection(s) to the VM were still open at the rewind ("), warning

@@ -50,6 +50,14 @@ attributes:
     platforms: [posix]
 notes:
   - Run it on the control node (delegate_to localhost), as the user that started the VMs.
+  - No SSH connection to the guest may live across a rewind. The guest's TCP state goes back with the
+    point while QEMU's user network (slirp) keeps its own, so a connection open when the point was
+    saved and still open when it is loaded is out of step on the two sides, and they answer each
+    other's segments for ever (an ACK storm, 1.4 million segments measured, the guest's single vCPU
+    busy in softirq, the tasks after the rewind and the next crash twice as slow). The playbooks drop
+    their SSH connections just before (meta reset_connection); the module then waits up to 10 s for
+    QEMU to see them closed (C(info usernet)) before it saves or loads, and warns about any still open
+    (a student logged in), whose session ends with the rewind.
 """
 
 EXAMPLES = r"""
@@ -87,10 +95,18 @@ run_status:
   returned: always
   type: str
   sample: running
+open_connections:
+  description: The TCP connections to the guest's SSH server still open when the snapshot was saved or
+    loaded, as QEMU's C(info usernet) lists them (empty when none was).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 """
 
 import contextlib
 import os
+import re
 import time
 from typing import Any
 
@@ -110,6 +126,17 @@ QMP_SOCKET = "qmp.sock"
 #: whole timeout (measured: three VMs loading ~750 MiB points at once on 2 cores took longer than 30 s).
 COMMAND_TIMEOUT = 30
 OVERLAY = "overlay.qcow2"
+#: Seconds to wait for the control node's SSH connections to the guest to close before a snapshot is
+#: saved or loaded (the playbooks have just dropped theirs; a closing takes the guest a moment).
+CONNECTIONS_GRACE = 10
+GUEST_SSH_PORT = 22
+#: A TCP line of `info usernet` (QEMU's user network):
+#:   TCP[ESTABLISHED]   16       127.0.0.1  2201       10.0.2.15    22     0     0
+USERNET_TCP = re.compile(
+    r"^\s*TCP\[(?P<state>[A-Z_0-9]+)\]\s+-?\d+\s+\S+\s+\d+\s+(?P<dst>\S+)\s+(?P<dport>\d+)\b"
+)
+#: Not a connection (the port forward itself), or one whose end both sides have agreed.
+CLOSED_STATES = frozenset({"HOST_FORWARD", "TIME_WAIT", "CLOSED"})
 
 
 class RewindError(Exception):
@@ -123,6 +150,24 @@ def overlay_node(nodes: list[dict[str, Any]], overlay: str) -> dict[str, Any]:
         if node.get("drv") == "qcow2" and os.path.realpath(str(node.get("file", ""))) == real:
             return node
     raise RewindError(f"QEMU has no qcow2 node for {overlay}: is this a lab VM started by lab_vm_instance?")
+
+
+def open_ssh_connections(usernet: str) -> list[str]:
+    """The TCP connections to the guest's SSH server that QEMU's user network holds open."""
+    found = []
+    for line in usernet.splitlines():
+        match = USERNET_TCP.match(line)
+        if match and match["state"] not in CLOSED_STATES and int(match["dport"]) == GUEST_SSH_PORT:
+            found.append(" ".join(line.split()))
+    return found
+
+
+def open_connections_warning(still_open: list[str], state: str) -> str:
+    when = "rewind" if state == "restored" else "rewind point"
+    return (
+        f"{len(still_open)} SSH connection(s) to the VM were still open at the {when} (a login session? "
+        "it ends with the rewind): " + "; ".join(still_open)
+    )
 
 
 def find_snapshot(node: dict[str, Any], tag: str) -> dict[str, Any] | None:
@@ -176,6 +221,16 @@ class Monitor:
     def node(self, overlay: str) -> dict[str, Any]:
         return overlay_node(self.cmd("query-named-block-nodes", flat=True), overlay)
 
+    def ssh_connections_closed(self, grace: float = CONNECTIONS_GRACE) -> list[str]:
+        """Wait up to grace seconds for no SSH connection to the guest; returns those still open."""
+        deadline = time.monotonic() + grace
+        while True:
+            usernet = self.cmd("human-monitor-command", **{"command-line": "info usernet"})
+            still_open = open_ssh_connections(str(usernet))
+            if not still_open or time.monotonic() > deadline:
+                return still_open
+            time.sleep(0.2)
+
     def run_job(self, command: str, job_id: str, **args: Any) -> float:
         """Start a snapshot job and wait for it; returns its duration. Raises RewindError on failure."""
         started = time.monotonic()
@@ -212,9 +267,11 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         snapshot = find_snapshot(node, tag)
         name = node["node-name"]
         changed, seconds = False, 0.0
+        still_open: list[str] = []
         if state == "present" and snapshot is None:
             changed = True
             if not check_mode:
+                still_open = monitor.ssh_connections_closed()
                 seconds = monitor.run_job(
                     "snapshot-save", "lab-rewind-save", tag=tag, vmstate=name, devices=[name]
                 )
@@ -226,6 +283,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
                 )
             changed = True
             if not check_mode:
+                still_open = monitor.ssh_connections_closed()
                 seconds = monitor.run_job(
                     "snapshot-load", "lab-rewind-load", tag=tag, vmstate=name, devices=[name]
                 )
@@ -246,6 +304,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "vm_state_size": int((after or {}).get("vm-state-size", 0)),
         "run_status": status,
+        "open_connections": still_open,
     }
 
 
@@ -274,6 +333,8 @@ def main() -> None:
         module.fail_json(
             msg=f"talking to QEMU's monitor in {module.params['vm_dir']} failed: {exc or type(exc).__name__}"
         )
+    if result["open_connections"]:
+        module.warn(open_connections_warning(result["open_connections"], module.params["state"]))
     module.exit_json(**result)
 
 
