@@ -500,6 +500,8 @@ class LabBench(Bench):
     def run_all(self) -> None:
         self.results["started"] = now_iso()
         self.results["machine"] = machine_info()
+        # The Ansible strategy every playbook ran with (make ... MITOGEN=1 sets Mitogen's).
+        self.results["strategy"] = os.environ.get("ANSIBLE_STRATEGY") or "linear"
         self.results["code"] = lab_code_version()
         a = self.args
         self.results["options"] = {
@@ -627,6 +629,8 @@ def render(r: dict[str, Any], command: str) -> str:
         f"- Code: {', '.join(f'`{p}`' for p in MEASURED_PATHS)} of commit {code['commit']}{changes}",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}; "
         f"{m['qemu']}; {m['ansible']}; every VM under TCG",
+        f"- Ansible strategy: `{r.get('strategy', 'linear')}`"
+        + (" (Mitogen: `make bench-lab MITOGEN=1`)" if r.get("strategy", "").startswith("mitogen") else ""),
         "",
         para(
             f"**{runs} run{'s' if runs > 1 else ''} on a shared, noisy machine**"
