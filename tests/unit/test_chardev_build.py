@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -121,9 +122,18 @@ class FakeKbuild:
             src = next(a[2:] for a in args if a.startswith("M="))
             variant = next(a[8:] for a in args if a.startswith("VARIANT="))
             Path(src, "chardev.ko").write_text(f"module {variant}")
+        if args[0] == "modinfo" and not args[-1].endswith(".ko"):
+            return 1, "", f"modinfo: ERROR: Module {args[-1]} not found.\n"  # kmod: a name, not a file
         if args[0] == "modinfo":
-            ko_text = Path(args[-1]).read_text()
-            return 0, {"version": f"1.0-{ko_text.split()[1]}", "srcversion": "ABC"}[args[2]] + "\n", ""
+            # "module VARIANT [RELEASE]": what the fake kbuild writes, or a test's build from elsewhere.
+            words = Path(args[-1]).read_text().split()
+            release = words[2] if len(words) > 2 else "6.1.0-56-amd64"
+            fields = {
+                "version": f"1.0-{words[1]}",
+                "srcversion": "ABC",
+                "vermagic": f"{release} SMP mod_unload",
+            }
+            return 0, fields[args[2]] + "\n", ""
         return 0, "", ""
 
 
@@ -261,3 +271,81 @@ def test_the_cache_keeps_the_most_recently_used_builds(tmp_path: Path) -> None:
     removed = chardev_build.prune_cache(str(release_dir))
     assert sorted(removed) == ["6.ko", "7.ko", "8.ko"]
     assert sorted(p.name for p in release_dir.iterdir()) == [f"{age}.ko" for age in range(6)]
+
+
+def stamp_of(variant: str, release: str = "6.1.0-56-amd64") -> str:
+    return chardev_build.build_stamp(SOURCES, variant, release)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_another_hosts_build_is_checked_cached_and_installed_without_compiling(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    builds = {f"{stamp_of('safe')}.ko": b64("module safe"), f"{stamp_of('crash')}.ko": b64("module crash")}
+    kbuild = FakeKbuild()
+    result = build(capsys, tmp_path, kbuild, monkeypatch, cache_variants=["crash"], import_builds=builds)
+    assert result["changed"] and result["built"] and result["from_cache"]
+    assert result["imported"] == ["safe", "crash"] and result["cached_variants"] == ["crash"]
+    assert makes(kbuild) == [] and result["compiled"] == {}
+    assert kbuild.commands[0][:3] == ["modinfo", "-F", "vermagic"]
+    installed = kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko"
+    assert installed.read_text() == "module safe"
+    assert (tmp_path / "cache" / "6.1.0-56-amd64" / f"{stamp_of('crash')}.ko").read_text() == "module crash"
+
+    again = FakeKbuild()
+    second = build(capsys, tmp_path, again, monkeypatch, cache_variants=["crash"], import_builds=builds)
+    assert not second["changed"] and second["imported"] == [] and again.commands[0][0] == "modinfo"
+
+
+def test_a_build_for_another_kernel_is_refused_and_compiled_here(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    builds = {f"{stamp_of('safe')}.ko": b64("module safe 5.10.0-35-amd64")}
+    kbuild = FakeKbuild()
+    warned: list[str] = []
+    monkeypatch.setattr(
+        "ansible.module_utils.basic.AnsibleModule.warn", lambda _self, msg: warned.append(msg)
+    )
+    result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds=builds)
+    assert result["imported"] == [] and makes(kbuild) == ["safe"] and not result["from_cache"]
+    assert len(warned) == 1 and "5.10.0-35-amd64, not 6.1.0-56-amd64" in warned[0]
+    assert [p.name for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir()] == [f"{stamp_of('safe')}.ko"]
+
+
+def test_builds_of_options_this_run_does_not_need_are_ignored(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    builds = {f"{stamp_of('classic')}.ko": b64("module classic"), "../../etc/evil.ko": b64("x")}
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch, import_builds=builds)
+    assert result["imported"] == []
+    assert [p.name for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir()] == [f"{stamp_of('safe')}.ko"]
+
+
+def test_compiled_builds_are_exported_unless_the_student_has_an_account(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch, cache_variants=["crash"], export_builds=True)
+    exported = {name: base64.b64decode(data).decode() for name, data in result["exported_builds"].items()}
+    assert exported == {f"{stamp_of('safe')}.ko": "module safe", f"{stamp_of('crash')}.ko": "module crash"}
+
+    # root exists everywhere: a host whose student has an account exports nothing.
+    other = build(
+        capsys, tmp_path, FakeKbuild(), monkeypatch, variant="classic", export_builds=True, student="root"
+    )
+    assert other["compiled"] == {"classic": other["compiled"]["classic"]}
+    assert "exported_builds" not in other and "root" in other["export_refused"]
+    absent = build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="safe", student="no-such-student-x")
+    assert "exported_builds" not in absent and absent["export_refused"] == ""
+
+
+def test_check_mode_counts_an_import_and_writes_nothing(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    builds = {f"{stamp_of('safe')}.ko": b64("module safe")}
+    kbuild = FakeKbuild()
+    result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds=builds, _ansible_check_mode=True)
+    assert result["changed"] and result["built"] and result["from_cache"] and result["imported"] == ["safe"]
+    assert kbuild.commands == [] and not (tmp_path / "cache").exists()

@@ -21,6 +21,11 @@ description:
     instead of compiling again. O(cache_variants) builds other variants into the cache without
     installing them (the lab puts the crash variant's build in a local VM's rewind point, so that a
     crash after a rewind, which takes the disk back too, does not compile).
+  - Builds travel between hosts with the same kernel release through a store on the control node
+    (O(store), handled by the role's action plugin of the same name), so that a fleet compiles each
+    build once per release. The action plugin sends the builds this run needs from the store
+    (O(import_builds)); each one the cache lacks is checked (its C(vermagic) must name the kernel
+    release) before it is put into the cache. Builds this run compiles come back to the store.
   - A failed build reports the compiler's error lines, not the whole make output.
   - Also reports which build of the module is loaded, if any (C(/sys/module/chardev/version) and
     C(srcversion)), so the role can reload it when another build is in the kernel.
@@ -62,6 +67,34 @@ options:
     description: The build cache, one directory per kernel release.
     type: path
     default: /var/cache/chardev-lab/builds
+  store:
+    description:
+      - Directory on the control node shared by every host of the play, one subdirectory per kernel
+        release (the role sets C(.lab/builds)). The action plugin reads and writes it; the module never
+        sees it. Needs O(kernel_release). Empty or unset, builds stay on each host.
+      - Builds are matched by kernel release name. Debian and Ubuntu change that name whenever the
+        kernel's module ABI changes, so two hosts with the same name load the same build.
+    type: path
+  import_builds:
+    description:
+      - Builds from other hosts, file name (C(STAMP.ko), as in the cache) to its bytes in base64. Filled
+        by the action plugin from O(store); names no option of this run needs are ignored.
+    type: dict
+    default: {}
+  export_builds:
+    description:
+      - Return the builds this run compiles (C(exported_builds), base64), for the action plugin to keep
+        in O(store). The action plugin sets it and removes them from the result.
+    type: bool
+    default: false
+  student:
+    description:
+      - The student this host is lent to (the roster's C(lab_student)). Once their account exists they
+        have root on the host and could hand it a doctored compiler, so its builds are no longer exported
+        for other hosts (it still imports and compiles for itself). A class's first lab run comes before
+        the accounts, so it shares its builds.
+    type: str
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -100,8 +133,25 @@ compiled:
   returned: always
   type: dict
   sample: {safe: 31.2, crash: 30.4}
+imported:
+  description: The variants whose build came (or would come) from another host through O(import_builds).
+  returned: always
+  type: list
+  elements: str
+  sample: [safe]
+stored:
+  description: The variants whose new build went into O(store) for other hosts (set by the action plugin).
+  returned: when O(store) is set and something was compiled
+  type: list
+  elements: str
+  sample: [safe, crash]
+export_refused:
+  description: Why this host's builds were not exported, when O(export_builds) asked for them.
+  returned: always
+  type: str
+  sample: "the student alice has an account (and root) on this host"
 cached_variants:
-  description: The variants of O(cache_variants) that were (or would be) built into the build cache.
+  description: The variants of O(cache_variants) compiled or imported into the build cache (or that would be).
   returned: always
   type: list
   elements: str
@@ -156,8 +206,10 @@ warnings_lines:
   sample: []
 """
 
+import base64
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import time
@@ -174,6 +226,12 @@ SYSFS_MODULES = "/sys/module"
 CACHE_KEEP = 6
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
 WARNING_RE = re.compile(r"warning:")
+
+
+def normalized_sources(sources: dict[str, Any]) -> dict[str, bytes]:
+    """The source files' bytes as the target gets them: lookup('file') strips the final newline, put
+    back so the files on the target are the originals. The action plugin stamps with this too."""
+    return {name: (str(text).rstrip("\n") + "\n").encode() for name, text in sources.items()}
 
 
 def build_stamp(sources: dict[str, bytes], variant: str, release: str) -> str:
@@ -255,6 +313,34 @@ def prune_cache(release_dir: str, keep: int = CACHE_KEEP) -> list[str]:
     return removed
 
 
+def import_build(module: AnsibleModule, data: str, dest: str, release: str) -> str:
+    """Put another host's build into the cache at dest, atomically. Returns why it was refused, or ""."""
+    try:
+        content = base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        return "not base64"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    # modinfo takes a name that does not end in .ko for a module name, not a file.
+    partial = os.path.join(os.path.dirname(dest), f".partial-{os.path.basename(dest)}")
+    with open(partial, "wb") as handle:
+        handle.write(content)
+    os.chmod(partial, 0o644)
+    vermagic = modinfo_field(module, partial, "vermagic").split()
+    if vermagic[:1] != [release]:
+        os.unlink(partial)
+        return f"its vermagic names {vermagic[0] if vermagic else 'no kernel'}, not {release}"
+    os.replace(partial, dest)
+    return ""
+
+
+def account_exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
 def make_module() -> AnsibleModule:
     return AnsibleModule(
         argument_spec={
@@ -270,6 +356,10 @@ def make_module() -> AnsibleModule:
                 "default": [],
             },
             "cache_dir": {"type": "path", "default": "/var/cache/chardev-lab/builds"},
+            "store": {"type": "path"},
+            "import_builds": {"type": "dict", "default": {}},
+            "export_builds": {"type": "bool", "default": False},
+            "student": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -291,8 +381,7 @@ def main() -> None:
     missing = [name for name in SOURCES if name not in p["sources"]]
     if missing:
         module.fail_json(msg=f"sources lacks {', '.join(missing)}")
-    # lookup('file') strips the final newline; put it back so the files on the target are the originals.
-    sources = {name: (str(text).rstrip("\n") + "\n").encode() for name, text in p["sources"].items()}
+    sources = normalized_sources(p["sources"])
     written = sources_to_write(p["src"], sources)
     if written and not module.check_mode:
         os.makedirs(p["src"], exist_ok=True)
@@ -302,17 +391,35 @@ def main() -> None:
     stamp = build_stamp(sources, p["variant"], release)
     built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
     cache = p["cache_dir"]
-    from_cache = built and os.path.isfile(cached_ko(cache, release, stamp))
     others = [v for v in dict.fromkeys(p["cache_variants"]) if v != p["variant"]]
-    to_cache = [
-        v for v in others if not os.path.isfile(cached_ko(cache, release, build_stamp(sources, v, release)))
-    ]
+    # Another host's builds of what this run needs and the cache lacks: the installed variant only when
+    # it is about to be installed.
+    imported = []
+    for variant in ([p["variant"]] if built else []) + others:
+        cached = cached_ko(cache, release, build_stamp(sources, variant, release))
+        data = p["import_builds"].get(os.path.basename(cached))
+        if data is None or os.path.isfile(cached):
+            continue
+        why = "" if module.check_mode else import_build(module, data, cached, release)
+        if why:
+            module.warn(f"the {variant} build from another host was refused ({why}): compiling it here")
+        else:
+            imported.append(variant)
+
+    def available(variant: str) -> bool:
+        return variant in imported or os.path.isfile(
+            cached_ko(cache, release, build_stamp(sources, variant, release))
+        )
+
+    from_cache = built and available(p["variant"])
+    to_cache = [v for v in others if not available(v)]
     result: dict[str, Any] = {
-        "changed": built or bool(written) or bool(to_cache),
+        "changed": built or bool(written) or bool(to_cache) or bool(imported),
         "built": built,
         "from_cache": from_cache,
         "compiled": {},
-        "cached_variants": to_cache,
+        "imported": imported,
+        "cached_variants": [v for v in others if v in to_cache or v in imported],
         "sources_written": written,
         "ko": ko,
         "stamp": stamp,
@@ -347,7 +454,16 @@ def main() -> None:
             result["warnings_lines"] = compiler_lines(output, WARNING_RE)
         cached = cached_ko(cache, release, build_stamp(sources, variant, release))
         copy_atomically(os.path.join(p["src"], f"{name}.ko"), cached)
+        if p["export_builds"]:
+            with open(cached, "rb") as handle:
+                exported[os.path.basename(cached)] = base64.b64encode(handle.read()).decode("ascii")
         return cached
+
+    exported: dict[str, str] = {}
+    result["export_refused"] = ""
+    if p["export_builds"] and p["student"] and account_exists(p["student"]):
+        p["export_builds"] = False
+        result["export_refused"] = f"the student {p['student']} has an account (and root) on this host"
 
     if not module.check_mode:
         if built:
@@ -362,8 +478,10 @@ def main() -> None:
                 handle.write(stamp + "\n")
         for variant in to_cache:
             compile_into_cache(variant)
-        if built or to_cache:
+        if built or to_cache or imported:
             prune_cache(os.path.join(cache, release))
+    if p["export_builds"]:
+        result["exported_builds"] = exported
     exists = os.path.exists(ko)
     result["version"] = modinfo_field(module, ko, "version") if exists else ""
     result["srcversion"] = modinfo_field(module, ko, "srcversion") if exists else ""

@@ -3,6 +3,7 @@ nothing else; the access files say how; the status shows alice's machine crashed
 the JSON and on the page in a real browser."""
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import testinfra
 from classroom import run_ssh, ssh_as, ssh_options
 from fleet_status import by_host, check_page_matches, refresh_status
 from lab_testinfra import fleet_dir
@@ -173,6 +175,40 @@ def test_status_of_the_whole_machine(status, host):
     # Remembered for the reset's tests: bob's machine must not be touched by it.
     boot_id = host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
     (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "bob-boot-id").write_text(boot_id)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builds: one compile for the class, copied through the control node's store
+# ---------------------------------------------------------------------------------------------------
+
+
+def sha256_of(machine, directory: str) -> dict[str, str]:
+    listing = machine.run(f"cd {directory} && sha256sum -- *.ko")
+    assert listing.rc == 0, listing.stderr
+    return {name: digest for digest, name in (line.split() for line in listing.stdout.splitlines())}
+
+
+def test_the_class_compiled_each_build_once(host):
+    """Both machines run the same kernel: the first compiled the builds the class needs (safe for both,
+    crash for alice), the other copied its builds from the control node's store, byte for byte."""
+    if host.backend.get_hostname() != "alice":
+        pytest.skip("checked once, for both machines")
+    release = host.run("uname -r").stdout.strip()
+    store = fleet_dir() / "builds" / release
+    stored = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in store.glob("*.ko")}
+    assert len(stored) == 2, f"the safe and the crash build in {store}: {stored}"
+    compiled = []
+    for name in PORTS:
+        machine = testinfra.get_host(f"ansible://{name}", ansible_inventory=host.backend.ansible_inventory)
+        assert machine.run("uname -r").stdout.strip() == release, name
+        cached = sha256_of(machine, f"/var/cache/chardev-lab/builds/{release}")
+        assert cached and cached.items() <= stored.items(), (name, cached, stored)
+        installed = sha256_of(machine, f"/lib/modules/{release}/extra")
+        assert installed["chardev.ko"] in stored.values(), name
+        # kbuild leaves its chardev.ko in the build directory; a copied build never goes there.
+        if machine.file("/usr/local/src/chardev/chardev.ko").exists:
+            compiled.append(name)
+    assert len(compiled) == 1, f"compiled on {compiled}: once for the class"
 
 
 def test_status_page_in_a_browser_matches_the_json(status):
