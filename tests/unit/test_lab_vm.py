@@ -94,6 +94,7 @@ def test_mmdebstrap_command() -> None:
         "--mode=root",
         "--variant=minbase",
         f"--include={include}",
+        f"--essential-hook={lab_vm_image.initramfs_hook()}",
         "trixie",
         "/tmp/root",
         PROXY,
@@ -101,6 +102,25 @@ def test_mmdebstrap_command() -> None:
     assert "linux-image-amd64" in cmd[3].split(",")
     # No mirror: mmdebstrap chooses its own.
     assert lab_vm_image.mmdebstrap_command("bookworm", "", [], "/r")[-2:] == ["bookworm", "/r"]
+
+
+def test_initramfs_hook_writes_a_small_initramfs_config(tmp_path: Path) -> None:
+    """The essential hook, run as mmdebstrap runs it (sh -c HOOK exec ROOTDIR), leaves MODULES=list and
+    an executable initramfs-tools hook that force-loads the root disk's and filesystem's modules."""
+    subprocess.run(["sh", "-c", lab_vm_image.initramfs_hook(), "exec", str(tmp_path)], check=True)
+    conf = tmp_path / "etc/initramfs-tools/conf.d/chardev-lab"
+    hook = tmp_path / "etc/initramfs-tools/hooks/chardev-lab"
+    assert conf.read_text() == "MODULES=list\n"
+    assert hook.read_text() == lab_vm_image.INITRAMFS_HOOK
+    assert hook.read_text().startswith("#!/bin/sh\n")
+    assert [line.split()[1] for line in hook.read_text().splitlines() if line.startswith("force_load")] == [
+        "virtio_pci",
+        "virtio_blk",
+        "ext4",
+    ]
+    assert stat.S_IMODE(hook.stat().st_mode) == 0o755
+    # The hook answers initramfs-tools' prereqs query with nothing and exits 0.
+    assert subprocess.run(["sh", str(hook), "prereqs"], capture_output=True, check=True).stdout == b""
 
 
 # The log of a build whose mirror cannot be resolved (mmdebstrap 1.3.5 on bookworm, network without DNS).
@@ -317,7 +337,12 @@ def test_build_image_leaves_nothing_behind_on_interrupt(
 
 
 def test_build_image_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cache, key = build(tmp_path, FakeTools(), monkeypatch)
+    tools = FakeTools()
+    cache, key = build(tmp_path, tools, monkeypatch)
+    # The units a lab VM does not need are masked in the image (issue 9: boot time).
+    masks = [c for c in tools.commands if c[0] == "chroot" and c[2:4] == ["systemctl", "mask"]]
+    assert [c[4:] for c in masks] == [list(lab_vm_image.MASKED_UNITS)]
+    assert "e2scrub_reap.service" in lab_vm_image.MASKED_UNITS
     image = cache / key
     assert sorted(p.name for p in cache.iterdir()) == sorted([key, f"{key}.log"])
     assert sorted(p.name for p in image.iterdir()) == ["disk.raw", "initrd.img", "manifest.json", "vmlinuz"]

@@ -51,7 +51,8 @@ class FakeTools:
             log.write(self.fail[tool])
             return 1
         if tool == "mmdebstrap":
-            boot = Path(cmd[5]) / "boot"
+            # The positional arguments: suite, root directory[, mirror].
+            boot = Path([a for a in cmd[1:] if not a.startswith("--")][1]) / "boot"
             boot.mkdir(parents=True)
             (boot / f"vmlinuz-{RELEASE}").write_bytes(b"kernel")
             (boot / f"initrd.img-{RELEASE}").write_bytes(b"initrd")
