@@ -71,8 +71,22 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
+# The repository is the collection chardev_lab.lab. Ansible finds it through ansible.cfg's collections_path
+# (.collections), where this link resolves ansible_collections/chardev_lab/lab to the checkout; the
+# virtualenv's Python imports it by the same name (the tests, tools/), through a .pth file naming it.
+COLLECTIONS := $(CURDIR)/.collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/chardev_lab/lab
+
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../.. $@
+
+$(BIN)/.collection: $(BIN)/.installed $(COLLECTION_LINK)
+	echo $(COLLECTIONS) > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/chardev_lab.pth
+	touch $@
+
 .PHONY: venv
-venv: $(BIN)/.installed ## Make the virtualenv with the pinned tools and install the collections
+venv: $(BIN)/.installed $(BIN)/.collection ## Make the virtualenv with the pinned tools and install the collections
 	@$(BIN)/python tools/ensure_collections.py
 
 .PHONY: setup

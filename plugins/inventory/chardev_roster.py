@@ -51,8 +51,8 @@ description:
     V(bookworm) or V(trixie); a C(suite) given for a student with a C(host) (it only chooses the kernel
     of a local VM)."
   - "The config file's name must end in C(roster.yml) or C(roster.yaml) and it must contain
-    C(plugin: chardev_roster); the C(auto) inventory plugin then loads this plugin from the project's
-    C(inventory_plugins) directory."
+    C(plugin: chardev_lab.lab.chardev_roster); the C(auto) inventory plugin then loads this plugin from
+    the collection."
 author:
   - chardev-lab
 requirements:
@@ -65,7 +65,7 @@ options:
       - The name of this plugin; it marks the file as a config file of this plugin.
     type: str
     required: true
-    choices: [chardev_roster]
+    choices: [chardev_lab.lab.chardev_roster]
   roster:
     description:
       - Path of the roster file, CSV (C(.csv)) or YAML (C(.yml), C(.yaml)).
@@ -91,10 +91,10 @@ notes:
 """
 
 EXAMPLES = r"""
-# inventory/roster.yml holds only "plugin: chardev_roster": the roster's path comes from
+# inventory/roster.yml holds only "plugin: chardev_lab.lab.chardev_roster": the roster's path comes from
 # CHARDEV_LAB_ROSTER. inventory/myclass.roster.yml: a fixed roster, VMs from port 2401, and a group
 # per explicit suite:
-plugin: chardev_roster
+plugin: chardev_lab.lab.chardev_roster
 roster: inventory/myclass.csv
 first_port: 2401
 keyed_groups:
@@ -112,7 +112,7 @@ keyed_groups:
 #       suite: bullseye
 """
 
-NAME = "chardev_roster"
+NAME = "chardev_lab.lab.chardev_roster"
 
 # The kernels a local VM can run: lab_vm_image.SUITES (a unit test keeps the two equal).
 SUITES = ("bullseye", "bookworm", "trixie")
@@ -153,9 +153,7 @@ KEY_TYPES = (
 KEY_START = re.compile(rf"(?:^|\s){KEY_TYPES}\s+AAAA")
 PRIVATE_KEY = re.compile(r"PRIVATE KEY|PuTTY-User-Key-File", re.IGNORECASE)
 LINE_IN_PROBLEM = re.compile(r" line (\d+): ")
-PLUGIN_LINE = re.compile(
-    r"^plugin:\s*['\"]?(?:ansible\.legacy\.)?chardev_roster['\"]?\s*(?:#.*)?$", re.MULTILINE
-)
+PLUGIN_LINE = re.compile(r"^plugin:\s*['\"]?chardev_lab\.lab\.chardev_roster['\"]?\s*(?:#.*)?$", re.MULTILINE)
 
 KeyCheck = Callable[[str], "str | None"]
 
@@ -502,7 +500,7 @@ def inventory_entries(students: Iterable[Student], first_port: int = FIRST_PORT)
 
 
 def is_config_file(path: str) -> bool:
-    """A config file of this plugin: named *roster.yml or *roster.yaml, with plugin: chardev_roster."""
+    """A config file of this plugin: named *roster.yml or *roster.yaml, with a plugin line naming it."""
     if not path.endswith(("roster.yml", "roster.yaml")):
         return False
     try:

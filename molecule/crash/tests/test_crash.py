@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     READER_WCHAN_PATTERNS,
     RUN_DIR,
     expected_outcome,

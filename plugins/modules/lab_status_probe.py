@@ -231,7 +231,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     TAINT_BASELINE_PATH,
     crash_state,
     parse_wchan,

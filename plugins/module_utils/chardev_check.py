@@ -26,7 +26,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     PF_KTHREAD,
     ROLE_READER,
     ROLE_VICTIM,

@@ -207,7 +207,6 @@ warnings_lines:
 """
 
 import base64
-import hashlib
 import os
 import pwd
 import re
@@ -216,30 +215,18 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_build_store import (
+    build_stamp,
+    normalized_sources,
+    prune_cache,
+)
 
 SOURCES = ("chardev.c", "Makefile")
 # Where kernels keep their modules and where loaded modules show; tests point them into a tmp dir.
 MODULES_ROOT = "/lib/modules"
 SYSFS_MODULES = "/sys/module"
-# Builds kept per kernel release in the build cache: the three variants of the current sources, and a
-# few older ones (a student editing chardev.c goes back and forth).
-CACHE_KEEP = 6
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
 WARNING_RE = re.compile(r"warning:")
-
-
-def normalized_sources(sources: dict[str, Any]) -> dict[str, bytes]:
-    """The source files' bytes as the target gets them: lookup('file') strips the final newline, put
-    back so the files on the target are the originals. The action plugin stamps with this too."""
-    return {name: (str(text).rstrip("\n") + "\n").encode() for name, text in sources.items()}
-
-
-def build_stamp(sources: dict[str, bytes], variant: str, release: str) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(sources):
-        digest.update(name.encode() + b"\0" + sources[name] + b"\0")
-    digest.update(f"{variant}\0{release}".encode())
-    return digest.hexdigest()[:16]
 
 
 def compiler_lines(output: str, pattern: re.Pattern[str] = ERROR_RE, limit: int = 20) -> list[str]:
@@ -297,20 +284,6 @@ def copy_atomically(source: str, dest: str) -> None:
     shutil.copyfile(source, partial)
     os.chmod(partial, 0o644)
     os.replace(partial, dest)
-
-
-def prune_cache(release_dir: str, keep: int = CACHE_KEEP) -> list[str]:
-    """Remove all but the keep most recently used builds of one release; returns the removed names."""
-    try:
-        entries = [e for e in os.scandir(release_dir) if e.name.endswith(".ko") and e.is_file()]
-    except OSError:
-        return []
-    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
-    removed = []
-    for entry in entries[keep:]:
-        os.unlink(entry.path)
-        removed.append(entry.name)
-    return removed
 
 
 def import_build(module: AnsibleModule, data: str, dest: str, release: str) -> str:

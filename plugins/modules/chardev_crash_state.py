@@ -172,8 +172,8 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.chardev_check import LESSON_MARKER_PATH
-from ansible.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check import LESSON_MARKER_PATH
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     HUNG_TASK_PANIC_FILE,
     HUNG_TASK_TIMEOUT_FILE,
     RECORD_CRASHED,
@@ -191,7 +191,7 @@ from ansible.module_utils.chardev_crash import (
     utc_now,
     write_json,
 )
-from ansible.module_utils.chardev_fault import capture_layout
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import capture_layout
 
 #: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
 ROOT = "/"

@@ -3,14 +3,14 @@
 """chardev_build_stored: whether the control node's store holds a host's builds already.
 
 The role lets the first host of each kernel release compile before the others copy its builds; a host
-whose builds are all in the store skips that wait. The answer comes from the chardev_build action
-plugin, which names the store's builds: one way of naming them."""
+whose builds are all in the store skips that wait. The answer comes from module_utils/chardev_build_store,
+which names the store's builds for the module and the action plugin too: one way of naming them."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Any
+
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_build_store import store_has
 
 DOCUMENTATION = r"""
 name: chardev_build_stored
@@ -40,19 +40,9 @@ options:
 """
 
 
-def _action_code() -> Any:
-    path = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "action_plugins", "chardev_build.py"
-    )
-    spec = importlib.util.spec_from_file_location("_chardev_build_action", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def chardev_build_stored(store: str, release: str, sources: dict[str, Any], variants: list[str]) -> bool:
     args = {"sources": sources, "variant": variants[0] if variants else "", "cache_variants": variants[1:]}
-    return _action_code().store_has(str(store or ""), str(release), args)
+    return store_has(str(store or ""), str(release), args)
 
 
 class FilterModule:

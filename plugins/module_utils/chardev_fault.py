@@ -31,7 +31,10 @@ from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible.module_utils.chardev_crash import RECURSIVE_FAULT_MARKER, strip_log_prefix
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+    RECURSIVE_FAULT_MARKER,
+    strip_log_prefix,
+)
 
 #: The struct type of the module's data symbols that the kernel dereferences. The module is built out of
 #: tree without BTF of its own (no CONFIG_DEBUG_INFO_BTF_MODULES pass over it), so nothing on the node

@@ -351,7 +351,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     MODES,
     compare,
     decode_taint,
@@ -370,7 +370,7 @@ from ansible.module_utils.chardev_crash import (
     taint_letters,
     task_to_dict,
 )
-from ansible.module_utils.chardev_fault import BTF_PATH, explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import BTF_PATH, explain_log
 
 #: Root of /proc and /sys; tests point it at a fake tree.
 ROOT = "/"

@@ -111,8 +111,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.chardev_check import LESSON_MARKER_PATH, judge, scan_tasks, tie
-from ansible.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check import (
+    LESSON_MARKER_PATH,
+    judge,
+    scan_tasks,
+    tie,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     RECORD_CRASHED,
     crash_state,
     decode_taint,
@@ -126,7 +131,7 @@ from ansible.module_utils.chardev_crash import (
     utc_now,
     write_json,
 )
-from ansible.module_utils.chardev_fault import explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import explain_log
 
 #: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
 ROOT = "/"
