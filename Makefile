@@ -81,9 +81,17 @@ $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn ../../.. $@
 
-$(BIN)/.collection: $(BIN)/.installed $(COLLECTION_LINK)
+$(BIN)/.collection: $(BIN)/.installed | $(COLLECTION_LINK)
 	echo $(COLLECTIONS) > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/chardev_lab.pth
 	touch $@
+
+.PHONY: sanity
+sanity: venv ## ansible-test sanity: every test that applies, on each declared Python this machine has
+	$(BIN)/python tools/run_ansible_test.py sanity --venv --color $(if $(CI),no,yes) $(ANSIBLE_TEST_ARGS)
+
+.PHONY: units
+units: venv ## ansible-test units: the plugins' unit tests (tests/unit/plugins/)
+	$(BIN)/python tools/run_ansible_test.py units --venv --color $(if $(CI),no,yes) --python 3.11 $(ANSIBLE_TEST_ARGS)
 
 .PHONY: venv
 venv: $(BIN)/.installed $(BIN)/.collection ## Make the virtualenv with the pinned tools and install the collections
