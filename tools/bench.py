@@ -326,7 +326,7 @@ class Bench:
         out: dict[str, Any] = {
             "lab_vm_suite": self.args.suite,
             "lab_vm_cache_dir": str(cache_dir),
-            "lab_vm_state_dir": str(self.state_dir),
+            "lab_state_dir": str(self.state_dir),
             # A cap only: a boot that takes longer on a busy machine is measured rather than failed.
             "lab_vm_boot_timeout": self.args.boot_timeout,
         }

@@ -9,7 +9,7 @@ ROSTER=` and `make reset ROSTER=` run it, through the project's own playbooks an
 step by step so that each step has its own time:
 
   boot      playbooks/fleet.yml            the image cached (make lab built it), VMs booted to SSH
-  lab       playbooks/lab.yml              headers from the mirror, build, load, node, demo
+  lab       playbooks/chardev.yml              headers from the mirror, build, load, node, demo
   access    playbooks/access.yml           accounts, keys, sshd, access.csv and the notes
   status_ready    playbooks/status.yml     status.json, the table and index.html, before the crash
   crash     playbooks/crash.yml            the crash lesson on every VM, with its evidence
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 FIRST_PORT = 2281
 STEPS = (
     ("boot", "playbooks/fleet.yml"),
-    ("lab", "playbooks/lab.yml"),
+    ("lab", "playbooks/chardev.yml"),
     ("access", "playbooks/access.yml"),
     ("status_ready", "playbooks/status.yml"),
     ("crash", "playbooks/crash.yml"),

@@ -14,18 +14,18 @@ mirror through apt inside the VM). Each run (--runs, default 3) repeats every ar
      the kernel_headers role's Debian toolchain), build (the sources written, make clean + modules with
      VARIANT=safe as chardev_build runs it, the .ko installed, depmod), load+node (insmod; mknod with
      the major from /proc/devices), reads (cat the device three times);
-  B. the Ansible lab on an identical fresh VM: playbooks/lab.yml alone (the VM already running), its
+  B. the Ansible lab on an identical fresh VM: playbooks/chardev.yml alone (the VM already running), its
      wall time and per-phase sums of task durations (kernel_headers -> headers; chardev build ->
      build; chardev load/node -> load+node; chardev_demo -> demo; facts, pre_tasks, guard -> overhead;
      the post_task keeping the rewind point -> rewind point; the rest is ansible-playbook's own time);
-  C. playbooks/lab.yml again with nothing to do: wall time and changed count (0 expected; the changed
+  C. playbooks/chardev.yml again with nothing to do: wall time and changed count (0 expected; the changed
      tasks are listed otherwise);
   D. crashed -> ready to crash again: playbooks/crash.yml, then (i) playbooks/reset.yml (rewind to the
      point lab.yml kept: the whole run and lab_vm_rewind's own `seconds`), crash again, then (ii)
-     playbooks/reset.yml -e reset_mode=fresh followed by playbooks/lab.yml (fresh disk + re-provision);
+     playbooks/reset.yml -e reset_mode=fresh followed by playbooks/chardev.yml (fresh disk + re-provision);
   E. baked image (optional: leave it out of --arms; a failure there is noted, not fatal): a fresh VM of
      the image with lab_vm_image_packages [linux-headers-amd64] (built first if not cached: the build
-     then counts in that fresh VM's figure, not in the lab's), then playbooks/lab.yml with
+     then counts in that fresh VM's figure, not in the lab's), then playbooks/chardev.yml with
      kernel_headers_update_cache false.
 
 The VM lives in a temporary directory /tmp/chardev-bench-lab-* (its CHARDEV_LAB_STATE_DIR, with a
@@ -402,9 +402,11 @@ class LabBench(Bench):
     # -- the arms, one run ----------------------------------------------------------------------------
 
     def lab(self, label: str, **extra: Any) -> dict[str, Any]:
-        run = self.playbook(label, "lab.yml", **extra)
+        run = self.playbook(label, "chardev.yml", **extra)
         record = lab_record(run)
-        record["rewind_point"] = self.rewind_task(run.doc, "present")[1]
+        # The rewind point is kept by its own playbook (the only place that takes one), right after.
+        point = self.playbook(f"{label}: rewind point", "rewind_point.yml", **extra)
+        record["rewind_point"] = self.rewind_task(point.doc, "present")[1]
         shown = ", ".join(f"{k} {v:.1f} s" for k, v in record["phases"].items() if v)
         log(f"{label} phases: {shown}")
         return record
@@ -706,7 +708,7 @@ def render(r: dict[str, Any], command: str) -> str:
             "`chardev_build`'s: the same make arguments, then the `.ko` copied to `extra/` and `depmod -a`."
         ),
         "",
-        "## B. The Ansible lab: `ansible-playbook playbooks/lab.yml` on an identical fresh VM",
+        "## B. The Ansible lab: `ansible-playbook playbooks/chardev.yml` on an identical fresh VM",
         "",
         TABLE_HEAD,
     ]
@@ -759,7 +761,7 @@ def render(r: dict[str, Any], command: str) -> str:
         row("(i) **`playbooks/reset.yml`, rewind** (whole run, verified)", s["rewind_wall"]),
         row("(i) of which `lab_vm_rewind`'s own `seconds` (`snapshot-load`)", s["rewind_module"]),
         row("(ii) `playbooks/reset.yml -e reset_mode=fresh`", s["fresh_reset_wall"]),
-        row("(ii) then `playbooks/lab.yml`", s["fresh_lab_wall"]),
+        row("(ii) then `playbooks/chardev.yml`", s["fresh_lab_wall"]),
         row("(ii) **fresh disk + re-provision, both together**", s["fresh_total"]),
         "",
         f"(ii) / (i), medians: **{fmt_r(rt['fresh_vs_rewind'])}**. How each reset went (`reset_how`): "

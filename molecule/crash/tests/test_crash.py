@@ -29,7 +29,7 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     taint_letters,
 )
 from fleet_status import by_host, check_page_matches, refresh_status
-from lab_testinfra import evidence, phase, run_playbook
+from lab_testinfra import evidence, fleet_dir, phase, run_playbook
 from worksheet import mismatches as worksheet_mismatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
@@ -90,12 +90,8 @@ def state_of(host, pid: int) -> str | None:
 
 
 def results_file(host, suffix: str) -> dict:
-    """A per-host result the lab wrote on the control node (lab_results_dir: the scenario's results/)."""
-    path = (
-        Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
-        / "results"
-        / f"{host.backend.get_hostname()}.{suffix}"
-    )
+    """A per-host result the lab wrote on the control node (results/ in the scenario's lab_state_dir)."""
+    path = fleet_dir() / "results" / f"{host.backend.get_hostname()}.{suffix}"
     assert path.exists(), f"{path}: not written"
     return json.loads(path.read_text())
 
@@ -331,7 +327,7 @@ class TestRewound:
         check_page_matches(status, "status-page-rewound.png")
 
     def test_the_rewind_point_holds_both_variants_builds(self, host):
-        # playbooks/lab.yml built the crash variant into the build cache before the point was kept, so
+        # playbooks/chardev.yml built the crash variant into the build cache before the point was kept, so
         # the crash after this rewind copies it (the crashed-splice phase checks that nothing compiled).
         listing = f"ls -la {build_cache(host)}"
         assert cached_versions(host) >= {"1.0-safe", "1.0-crash"}, evidence(host, listing)

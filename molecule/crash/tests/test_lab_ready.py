@@ -1,5 +1,5 @@
 """The lab's own checks (molecule/resources/tests/lab_ready.py) on each rewound VM: a VM rewound after a
-crash is the lab-ready VM playbooks/lab.yml left (safe variant, /dev/chardev, counting, refusals)."""
+crash is the lab-ready VM playbooks/chardev.yml left (safe variant, /dev/chardev, counting, refusals)."""
 
 import pytest
 from lab_ready import *  # noqa: F403 - pytest collects the shared test functions from this module

@@ -69,7 +69,7 @@ def crash_untouched(host) -> str | None:
         problems.append("the safe module is no longer loaded")
     if "D" in taint_letters(tainted(host)):
         problems.append("the kernel has the oops taint (D)")
-    if (EPHEMERAL / "results" / f"{name_of(host)}.crash.json").exists():
+    if (fleet_dir() / "results" / f"{name_of(host)}.crash.json").exists():
         problems.append("a crash result was written on the control node")
     return "; ".join(problems) or None
 
@@ -134,10 +134,10 @@ def test_node_path_taken_by_a_regular_file_is_left_alone(host):
 
 
 def test_check_mode_changes_nothing(host):
-    results_file = EPHEMERAL / "results" / f"{name_of(host)}.json"
+    results_file = fleet_dir() / "results" / f"{name_of(host)}.json"
     before = module_state(host), file_fingerprint(results_file)
     assert before[1] is not None, f"converge wrote no {results_file}"
-    run = run_playbook(host, PROJECT / "playbooks/lab.yml", "--check")
+    run = run_playbook(host, PROJECT / "playbooks/chardev.yml", "--check")
     assert run.rc == 0, str(run)
     assert run.stats(name_of(host)).get("changed") == 0, str(run)
     after = module_state(host), file_fingerprint(results_file)

@@ -8,16 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-from lab_testinfra import run_playbook
+from lab_testinfra import fleet_dir, run_playbook
 from status_page import read_status_page, screenshot
 
 
 def status_dir() -> Path:
-    """Where playbooks/status.yml writes: next to the results, in the fleet's directory of a classroom
-    (CHARDEV_LAB_STATE_DIR) or in the scenario's ephemeral directory (lab_results_dir of crash, faults)."""
-    return (
-        Path(os.environ.get("CHARDEV_LAB_STATE_DIR") or os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "status"
-    )
+    """Where playbooks/status.yml writes: status/ in the scenario's lab_state_dir."""
+    return fleet_dir() / "status"
 
 
 def refresh_status() -> list[dict]:

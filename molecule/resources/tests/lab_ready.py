@@ -1,7 +1,7 @@
 """The lab on a real VM: module loaded, /dev/chardev served, the messages counting up, refusals.
 
 Shared: the default scenario runs these after its converge, the crash scenario on its rewound VMs
-(the lab-ready point playbooks/lab.yml kept, back after a crash)."""
+(the lab-ready point playbooks/chardev.yml kept, back after a crash)."""
 
 import re
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 
 def fleet_dir() -> Path:
+    """The scenario's lab_state_dir (.config/molecule/config.yml; the classroom's CHARDEV_LAB_STATE_DIR):
+    the fleet's keys and VMs, results/, status/."""
     return Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fleet"
 
 

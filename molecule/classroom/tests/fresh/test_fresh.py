@@ -78,7 +78,7 @@ def test_check_mode_on_a_fresh_host_reports_and_changes_nothing(host):
         pytest.skip("one host is enough")
     before = lab_footprint(host)
     assert not any(before.values()), before
-    lab = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/lab.yml"
+    lab = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/chardev.yml"
     access = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/access.yml"
     for playbook in (lab, access):
         run = run_playbook(host, playbook, "--check")
