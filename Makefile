@@ -164,6 +164,5 @@ clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
 	rm -rf $(VENV)
 
 .PHONY: ssh
-ssh: ## Log in to a local VM as root: make ssh HOST=lab-vm-1 (or HOST=<student> ROSTER=roster.csv)
-	@port=$$(ansible-inventory $(INVENTORY) --host $(or $(HOST),lab-vm-1) | python3 -c 'import json,sys; print(json.load(sys.stdin)["ansible_port"])') && \
-	exec ssh -i .lab/id_ed25519 -o UserKnownHostsFile=.lab/known_hosts -o IdentitiesOnly=yes -p $$port root@127.0.0.1
+ssh: venv ## Log in to a local VM as root: make ssh HOST=lab-vm-1 (or HOST=<student> ROSTER=roster.csv)
+	@$(BIN)/python tools/lab_ssh.py $(INVENTORY) $(or $(HOST),lab-vm-1)

@@ -59,7 +59,7 @@ def copy_tree(dest: Path) -> None:
 
 def install_bootstrap() -> None:
     """The stand-in get-pip.py, under every name ansible-test may ask for (one per pinned pip)."""
-    from ansible_test._internal.python_requirements import get_venv_packages  # noqa: PLC0415
+    from ansible_test._internal.python_requirements import get_venv_packages
 
     class _Python:  # get_venv_packages reads only .version
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -73,7 +73,9 @@ def install_bootstrap() -> None:
 
 def python_path() -> str:
     versions = sorted((Path.home() / ".pyenv" / "versions").glob("3.*/bin"))
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", ""), *map(str, versions)])
+    return os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", ""), *map(str, versions)]
+    )
 
 
 def main(argv: list[str]) -> int:
