@@ -72,18 +72,17 @@ $(BIN)/.installed: requirements.txt
 	touch $@
 
 # The repository is the collection chardev_lab.lab. Ansible finds it through ansible.cfg's collections_path
-# (.collections), where this link resolves ansible_collections/chardev_lab/lab to the checkout; the
-# virtualenv's Python imports it by the same name (the tests, tools/), through a .pth file naming it.
+# (.collections), where this link resolves ansible_collections/chardev_lab/lab to the checkout. Python
+# code outside Ansible imports it by the same name from there: pytest through pyproject.toml's
+# pythonpath, the tools through TOOLS_ENV. Nothing of it goes into the virtualenv itself, which would
+# hide an installed copy of the collection (ansible-galaxy collection install) behind the checkout.
 COLLECTIONS := $(CURDIR)/.collections
 COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/chardev_lab/lab
+TOOLS_ENV := PYTHONPATH=$(COLLECTIONS)
 
 $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn ../../.. $@
-
-$(BIN)/.collection: $(BIN)/.installed | $(COLLECTION_LINK)
-	echo $(COLLECTIONS) > $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/chardev_lab.pth
-	touch $@
 
 .PHONY: sanity
 sanity: venv ## ansible-test sanity: every test that applies, on each declared Python this machine has
@@ -94,7 +93,7 @@ units: venv ## ansible-test units: the plugins' unit tests (tests/unit/plugins/)
 	$(BIN)/python tools/run_ansible_test.py units --venv --color $(if $(CI),no,yes) --python 3.11 $(ANSIBLE_TEST_ARGS)
 
 .PHONY: venv
-venv: $(BIN)/.installed $(BIN)/.collection ## Make the virtualenv with the pinned tools and install the collections
+venv: $(BIN)/.installed | $(COLLECTION_LINK) ## Make the virtualenv with the pinned tools and install the collections
 	@$(BIN)/python tools/ensure_collections.py
 
 .PHONY: setup
@@ -148,16 +147,16 @@ test: test-deps lint unit browser molecule ## Everything CI runs
 
 .PHONY: bench
 bench: setup ## Image build, cache reuse, boot time (docs/benchmarks.md), then the lab itself (bench-lab)
-	$(BIN)/python tools/bench.py --output docs/benchmarks.md
-	$(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
+	$(TOOLS_ENV) $(BIN)/python tools/bench.py --output docs/benchmarks.md
+	$(TOOLS_ENV) $(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
 
 .PHONY: bench-lab
 bench-lab: setup ## The lab on one VM against a shell script, a second run, rewind vs fresh disk (docs/benchmarks-lab.md)
-	$(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
+	$(TOOLS_ENV) $(BIN)/python tools/bench_lab.py --output docs/benchmarks-lab.md
 
 .PHONY: bench-fleet
 bench-fleet: setup ## Measure a class of one and of four local VMs, step by step (docs/benchmarks-fleet.md)
-	$(BIN)/python tools/bench_fleet.py --output docs/benchmarks-fleet.md
+	$(TOOLS_ENV) $(BIN)/python tools/bench_fleet.py --output docs/benchmarks-fleet.md
 
 .PHONY: clean
 clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
@@ -165,4 +164,4 @@ clean: down ## Remove the fleet and the virtualenv (keeps the image cache)
 
 .PHONY: ssh
 ssh: venv ## Log in to a local VM as root: make ssh HOST=lab-vm-1 (or HOST=<student> ROSTER=roster.csv)
-	@$(BIN)/python tools/lab_ssh.py $(INVENTORY) $(or $(HOST),lab-vm-1)
+	@$(TOOLS_ENV) $(BIN)/python tools/lab_ssh.py $(INVENTORY) $(or $(HOST),lab-vm-1)

@@ -47,6 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# One way to ask whether a port is free: the lab_vm_instance module's own function (the collection is on
+# PYTHONPATH: make bench runs the tools with TOOLS_ENV).
+from ansible_collections.chardev_lab.lab.plugins.modules.lab_vm_instance import port_free
+
 REPO = Path(__file__).resolve().parent.parent
 FLEET_PLAYBOOK = REPO / "playbooks" / "fleet.yml"
 ROLE_DEFAULTS = REPO / "roles" / "lab_vm" / "defaults" / "main.yml"
@@ -127,11 +131,6 @@ def read_proc_status(pid: int) -> dict[str, int]:
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(value.split()[0])
     return out
-
-
-# One way to ask whether a port is free: the lab_vm_instance module's own function.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "roles" / "lab_vm" / "library"))
-from lab_vm_instance import port_free  # noqa: E402
 
 
 def cmdline(pid: int | str) -> list[str]:

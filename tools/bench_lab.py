@@ -53,8 +53,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# tools/bench.py: the runner (json callback, heartbeat, clean-up), its readers, machine info, formats.
+# tools/bench.py (next to this script, so on sys.path when it runs): the runner (json callback,
+# heartbeat, clean-up), its readers, machine info, formats.
 import bench
 from bench import (
     Bench,

@@ -12,10 +12,10 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import lesson_table  # tools/lesson_table.py: on the verifier's PYTHONPATH (.config/molecule/config.yml)
 import pytest
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     READER_WCHAN_PATTERNS,
@@ -31,9 +31,6 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
 from fleet_status import by_host, check_page_matches, refresh_status
 from lab_testinfra import evidence, fleet_dir, phase, run_playbook
 from worksheet import mismatches as worksheet_mismatches
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tools"))
-import lesson_table  # tools/ is not a package: on sys.path above
 
 #: The phases in the order side_effect.yml goes through them, and the victim mode of each crashed one.
 PHASES = ("crashed-read", "rewound", "crashed-splice", "hand", "reset")
