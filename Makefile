@@ -124,11 +124,12 @@ down: venv ## Stop and remove the local fleet (VMs, processes, overlays; the ima
 	ansible-playbook $(INVENTORY) playbooks/fleet.yml -e lab_vm_state=absent
 
 .PHONY: lint
-lint: venv ## yamllint, ansible-lint (production profile), ruff
+lint: venv ## yamllint, ansible-lint (production profile), ruff, ansible-test sanity
 	yamllint --strict .
 	ansible-lint --offline
 	ruff check .
 	ruff format --check .
+	@$(MAKE) --no-print-directory sanity
 
 .PHONY: unit
 unit: venv ## Python unit tests (no VMs)
