@@ -23,8 +23,8 @@ SCENARIOS ?= classroom faults crash
 
 # MITOGEN=1: run the playbooks with Mitogen's strategy (the mitogen package, in the virtualenv): one
 # Python interpreter per host for the whole run instead of one per task, which is most of a task's cost
-# in a TCG guest (docs/benchmarks-lab-mitogen.md: a run with nothing to do 16 s instead of 33, a crash
-# 24 s instead of 55). Opt-in: the default strategy is what `make test` checks.
+# in a TCG guest (measured in docs/benchmarks-lab-mitogen.md). Opt-in: the default strategy is what
+# `make test` checks.
 MITOGEN ?=
 ifeq ($(strip $(MITOGEN)),1)
 export ANSIBLE_STRATEGY_PLUGINS = $(wildcard $(CURDIR)/$(VENV)/lib/python3*/site-packages/ansible_mitogen/plugins/strategy)
