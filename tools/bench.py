@@ -54,7 +54,6 @@ from ansible_collections.chardev_lab.lab.plugins.modules.lab_vm_instance import 
 REPO = Path(__file__).resolve().parent.parent
 FLEET_PLAYBOOK = REPO / "playbooks" / "fleet.yml"
 ROLE_DEFAULTS = REPO / "roles" / "lab_vm" / "defaults" / "main.yml"
-ROLE_LIBRARY = REPO / "roles" / "lab_vm" / "library"
 HOST = "bench-vm"
 PORTS = range(2290, 2300)
 TMP_PREFIX = "chardev-bench-"
@@ -176,7 +175,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-MEASURED_PATHS = ("roles/lab_vm", "playbooks/fleet.yml", "ansible.cfg")
+MEASURED_PATHS = (
+    "roles/lab_vm",
+    "plugins/modules/lab_vm_image.py",
+    "plugins/modules/lab_vm_instance.py",
+    "plugins/modules/lab_vm_accel.py",
+    "playbooks/fleet.yml",
+    "ansible.cfg",
+)
 
 
 def git(*args: str) -> str:
@@ -579,7 +585,7 @@ class Bench:
             "tasks": [
                 {
                     "name": "Read the cached image",
-                    "lab_vm_image": {
+                    "chardev_lab.lab.lab_vm_image": {
                         "suite": "{{ lab_vm_suite }}",
                         "mirror": "{{ lab_vm_mirror }}",
                         "packages": "{{ lab_vm_image_packages }}",
@@ -600,7 +606,6 @@ class Bench:
                 playbook,
                 self.base_vars(self.warm_cache),
                 timeout=600,
-                env_extra={"ANSIBLE_LIBRARY": str(ROLE_LIBRARY)},
             )
             task, res = one_task(run.doc, "Read the cached image")
             if res.get("changed") or res.get("key") != cold_key:
