@@ -75,7 +75,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         del tmp
-        _, args = self.validate_argument_spec(
+        _validation, args = self.validate_argument_spec(
             argument_spec={
                 "jobs": {"type": "list", "elements": "dict", "required": True},
                 "plans": {"type": "list", "elements": "dict", "default": []},

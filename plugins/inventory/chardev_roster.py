@@ -4,21 +4,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
-
-import yaml
-from ansible.errors import AnsibleError, AnsibleParserError
-from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
-
 DOCUMENTATION = r"""
 ---
 name: chardev_roster
@@ -54,7 +39,7 @@ description:
     C(plugin: chardev_lab.lab.chardev_roster); the C(auto) inventory plugin then loads this plugin from
     the collection."
 author:
-  - chardev-lab
+  - chardev-lab contributors (@chardev-lab)
 requirements:
   - C(ssh-keygen) (OpenSSH) on the control node, to check the public keys.
 extends_documentation_fragment:
@@ -111,6 +96,23 @@ keyed_groups:
 #       ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop"
 #       suite: bullseye
 """
+
+# Ansible wants DOCUMENTATION and EXAMPLES before the imports (ansible-test's
+# "import-before-documentation"), hence E402 on each import.
+import csv  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+from ansible.errors import AnsibleError, AnsibleParserError  # noqa: E402
+from ansible.plugins.inventory import BaseInventoryPlugin, Constructable  # noqa: E402
 
 NAME = "chardev_lab.lab.chardev_roster"
 

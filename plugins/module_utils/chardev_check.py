@@ -107,7 +107,7 @@ def _waits_on_pipe(task: Mapping[str, Any]) -> bool:
 def tie(stuck: Sequence[Mapping[str, Any]], oops_tasks: Sequence[tuple[int, str]]) -> dict[str, Any]:
     """The victim (a stuck task that an oops happened in) and the reader (a D task waiting on a pipe),
     and the mode they make."""
-    oops_pids = [pid for pid, _ in oops_tasks]
+    oops_pids = [pid for pid, _comm in oops_tasks]
     victim = next((task for pid in oops_pids for task in stuck if task["pid"] == pid), None)
     reader = next(
         (
@@ -180,7 +180,7 @@ def judge(
         observed = {
             "tasks": tasks,
             "oops": log.oops,
-            "oops_of_victim": victim_pid is not None and victim_pid in {pid for pid, _ in log.oops_tasks},
+            "oops_of_victim": victim_pid is not None and victim_pid in {pid for pid, _comm in log.oops_tasks},
             "recursive_fault": log.recursive_fault,
             "last_unloaded_chardev": log.last_unloaded_chardev,
             "taint_die": bool(tainted is not None and tainted & TAINT_DIE),

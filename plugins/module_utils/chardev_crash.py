@@ -654,7 +654,8 @@ def gather_tasks(
         return results
     stuck = [t for t in results if t.pid is not None and t.state in ("D", "X") and t.pid != os.getpid()]
     for task in stuck:
-        assert task.pid is not None
+        if task.pid is None:  # stuck holds tasks with a pid only (narrows the type)
+            raise AssertionError(task)
         try:
             kill(task.pid, signal.SIGKILL)
             task.kill_sent = True
@@ -666,7 +667,8 @@ def gather_tasks(
     deadline = clock() + max(0.0, kill_wait)
     while waiting:
         for task in list(waiting):
-            assert task.pid is not None
+            if task.pid is None:  # waiting is part of stuck (narrows the type)
+                raise AssertionError(task)
             stat = read_task_state(root, task.pid)
             task.state_after_kill = stat.state if stat else None
             if stat is None:
@@ -699,7 +701,7 @@ def observed_from(
             for task in tasks
         },
         "oops": log.oops,
-        "oops_of_victim": victim_pid is not None and victim_pid in {pid for pid, _ in log.oops_tasks},
+        "oops_of_victim": victim_pid is not None and victim_pid in {pid for pid, _comm in log.oops_tasks},
         "oops_tasks": [{"pid": pid, "comm": comm} for pid, comm in log.oops_tasks],
         "recursive_fault": log.recursive_fault,
         "last_unloaded_chardev": log.last_unloaded_chardev,
@@ -788,7 +790,7 @@ def kernel_diagnostics(
             sysrq_w["error"] = f"cannot write {SYSRQ_TRIGGER_FILE}: {exc.strerror or exc}"
         if sysrq_w["done"]:
             dump = None
-            for _ in range(5):  # the dump is printed synchronously; the log reader may lag a moment
+            for _attempt in range(5):  # the dump is printed synchronously; the log reader may lag a moment
                 dump = parse_sysrq_blocked(read_lines())
                 if dump and any(task["pid"] in in_d.values() for task in dump["tasks"]):
                     break

@@ -620,7 +620,7 @@ class Btf:
 
     def resolve(self, type_id: int) -> int:
         """The type behind typedefs, const, volatile, restrict and type tags."""
-        for _ in range(_MAX_DEPTH):
+        for _depth in range(_MAX_DEPTH):
             if type_id == 0 or self._kinds[type_id] not in _MODIFIERS:
                 return type_id
             type_id = self._header(type_id)[4]
@@ -686,7 +686,7 @@ class Btf:
             return self._declare(elem, f"{inner}[{nelems}]", depth + 1)
         if kind == KIND_FUNC_PROTO:
             params = []
-            for param_name_off, param_type, _ in self._members(type_id):
+            for param_name_off, param_type, _offset in self._members(type_id):
                 if param_type == 0 and param_name_off == 0:
                     params.append("...")
                 else:
@@ -697,7 +697,7 @@ class Btf:
 
     def resolve_tags(self, type_id: int) -> int:
         """The type behind type tags only."""
-        for _ in range(_MAX_DEPTH):
+        for _depth in range(_MAX_DEPTH):
             if type_id == 0 or self._kinds[type_id] != KIND_TYPE_TAG:
                 return type_id
             type_id = self._header(type_id)[4]
@@ -801,7 +801,7 @@ def _locate(address: int, layout: Mapping[str, Any]) -> tuple[str | None, int | 
     for index, (start, name) in enumerate(sections):
         if start <= address:
             section, section_start = name, start
-            later = [other for other, _ in sections[index + 1 :] if other > start]
+            later = [other for other, _name in sections[index + 1 :] if other > start]
             section_end = later[0] if later else None
     if section_start is not None:
         limit = section_start + MAX_REACH

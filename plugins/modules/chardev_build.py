@@ -30,7 +30,8 @@ description:
   - Also reports which build of the module is loaded, if any (C(/sys/module/chardev/version) and
     C(srcversion)), so the role can reload it when another build is in the kernel.
 version_added: "1.0.0"
-author: chardev-lab contributors
+author:
+  - chardev-lab contributors (@chardev-lab)
 options:
   src:
     description: Directory on the target where the sources are written and built.
@@ -95,19 +96,29 @@ options:
         the accounts, so it shares its builds.
     type: str
     default: ""
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: Reports whether a build would happen; builds and installs nothing.
+    details:
+      - Reports whether a build would be installed (compiled or copied from the build cache), which
+        sources would be written and which builds would be imported or cached; writes, builds and
+        installs nothing.
+      - A build of O(import_builds) counts as imported without its C(vermagic) check, which only a real
+        run makes. RV(version) and RV(srcversion) are those of the build installed now, empty when
+        there is none.
   diff_mode:
     support: none
+  platform:
+    platforms: linux
 requirements:
   - The kernel headers of O(kernel_release) (role kernel_headers), make and a C compiler.
 """
 
 EXAMPLES = r"""
 - name: Build the safe variant for the running kernel
-  chardev_build:
+  chardev_lab.lab.chardev_build:
     src: /usr/local/src/chardev
     sources:
       chardev.c: "{{ lookup('file', 'files/chardev/chardev.c') }}"

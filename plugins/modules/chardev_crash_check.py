@@ -24,7 +24,7 @@ description:
     that has no complete record yet, the crash record (so that the lab knows the host crashed).
   - Never signals a process.
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   run_dir:
     description: The crash role's run directory on the target.
@@ -40,21 +40,26 @@ options:
         yet (0 takes what the log holds now).
     type: float
     default: 30
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
-    description: In check mode nothing is written and SysRq C(w) is not asked.
+    support: partial
+    details:
+      - Nothing is written (neither C(check.json) nor a crash record), SysRq C(w) is not asked and no
+        hung-task report is waited for, so the verdict is given without the kernel's own diagnostics.
+      - It reports C(changed=false) even where a real run would record a crash made by hand.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: linux
 notes:
   - Run it as root (the kernel log, C(/proc/<pid>/stack), C(/proc/sysrq-trigger)).
 """
 
 EXAMPLES = r"""
 - name: Judge what the student did
-  chardev_crash_check:
+  chardev_lab.lab.chardev_crash_check:
   register: check
 
 - name: Say it
@@ -89,7 +94,9 @@ hint:
   type: str
   sample: "read from the open file (f.read() in the Python shell) and run check.yml again"
 explanation:
-  description: The primary fault explained (see M(chardev_crash_evidence)'s C(faults)); null without a fault.
+  description:
+    - The primary fault explained (see M(chardev_lab.lab.chardev_crash_evidence)'s C(faults)); null
+      without a fault.
   returned: always
   type: dict
   sample:

@@ -22,7 +22,7 @@ description:
   - It does not fail because the outcome differs from the expectation; it returns RV(as_expected) and
     the list of RV(mismatches) so that the role decides.
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   run_dir:
     description:
@@ -88,15 +88,20 @@ options:
       - Maximum number of kernel log lines returned in RV(oops_lines), from the first oops headline on.
     type: int
     default: 20
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    support: full
-    description:
-      - It only reads, except the SIGKILL of O(kill_test), which check mode skips.
+    support: partial
+    details:
+      - It only reads, except the SIGKILL of O(kill_test). Check mode skips that kill test
+        (RV(kill_test_done) is false and RV(msg) says so) and O(kernel_diagnostics), so the result
+        lacks what they would find; the rest of the evidence is gathered as in a real run.
+      - It reports C(changed=false) in every mode.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: linux
 notes:
   - Run it as root; reading C(/dev/kmsg) and signalling the victim need it.
   - It reads only C(/proc) files of the stuck tasks, never their pipes or standard streams, and every
@@ -109,7 +114,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Gather the crash evidence
-  chardev_crash_evidence:
+  chardev_lab.lab.chardev_crash_evidence:
     run_dir: /run/chardev-lab
     mode: splice
   register: __chardev_crash_evidence
@@ -120,7 +125,7 @@ EXAMPLES = r"""
     fail_msg: "{{ __chardev_crash_evidence.mismatches }}"
 
 - name: Look only, without the kill test
-  chardev_crash_evidence:
+  chardev_lab.lab.chardev_crash_evidence:
     mode: read
     kill_test: false
 """
@@ -128,7 +133,8 @@ EXAMPLES = r"""
 RETURN = r"""
 tasks:
   description:
-    - One entry for each role in O(pidfiles).
+    - One entry for each watched task, read from its PID file in O(run_dir), the victim's (C(victim.pid))
+      and, with O(mode=splice), the pipe reader's (C(reader.pid)).
     - C(state) is the state letter from C(/proc/<pid>/stat), null when the pid is not in C(/proc).
     - C(wchan) is where the task sleeps (C(/proc/<pid>/wchan)), null when the kernel says C(0), as x86
       kernels before 5.16 with the ORC unwinder (Debian 11's among them) do for every task.
@@ -345,7 +351,7 @@ msg:
 """
 
 import os
-import subprocess  # noqa: F401 - tests replace subprocess.run, which read_kernel_log_lines calls
+import subprocess  # noqa: F401  # pylint: disable=unused-import  # tests patch subprocess.run through it
 import time
 from collections.abc import Callable
 from typing import Any

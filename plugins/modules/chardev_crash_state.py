@@ -29,7 +29,7 @@ description:
   - O(operation=mark) writes the record with state C(unloading) before the module is removed, so that a
     run interrupted anywhere after it is known; O(operation=record) completes it with the evidence.
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   operation:
     description: What to do; see the description.
@@ -45,7 +45,7 @@ options:
     type: str
     choices: [read, splice]
   evidence:
-    description: The result of M(chardev_crash_evidence), for O(operation=record).
+    description: The result of M(chardev_lab.lab.chardev_crash_evidence), for O(operation=record).
     type: dict
   hung_task_timeout:
     description:
@@ -62,24 +62,30 @@ options:
         example, is not taken for a crashed one).
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
+    details:
+      - Every operation reports whether it would write a file or signal a task, and does neither.
+        RV(stopped) lists the pids O(operation=stop_leftover) would signal; O(operation=mark) and
+        O(operation=record) return the record they would write.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: linux
 notes:
   - Run it as root; reading C(/dev/kmsg) and signalling a leftover victim need it.
 """
 
 EXAMPLES = r"""
 - name: Read the crash state
-  chardev_crash_state:
+  chardev_lab.lab.chardev_crash_state:
   register: __crash_state
 
 - name: Mark the crash before the rmmod
-  chardev_crash_state:
+  chardev_lab.lab.chardev_crash_state:
     operation: mark
     mode: read
 """
@@ -112,7 +118,9 @@ record:
   type: dict
   sample: {state: crashed, mode: read, marked_at: "2026-11-26T09:12:01+00:00", as_expected: true}
 files:
-  description: The role's files in O(run_dir) by name (record, victim, reader, ready, trigger, log, program).
+  description:
+    - The role's files in O(run_dir) by name (record, victim, reader, ready, trigger, log, program,
+      layout, settings).
   returned: when O(operation) is V(read) or V(stop_leftover)
   type: dict
   sample: {record: /run/chardev-lab/crashed.json, victim: /run/chardev-lab/victim.pid}
@@ -204,7 +212,7 @@ def under(path: str) -> str:
 
 
 def read_state(params: dict[str, Any]) -> dict[str, Any]:
-    lines, _ = read_kernel_log_lines(KMSG_PATH)
+    lines, _source = read_kernel_log_lines(KMSG_PATH)
     return crash_state(ROOT, params["run_dir"], lines, TAINT_BASELINE_PATH)
 
 

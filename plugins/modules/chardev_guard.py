@@ -37,7 +37,8 @@ description:
     or C(/proc/1/root) without root privileges) counts as a possible container.
   - Reads files only and changes nothing.
 version_added: "1.0.0"
-author: chardev-lab contributors
+author:
+  - chardev-lab contributors (@chardev-lab)
 options:
   connection:
     description:
@@ -71,14 +72,16 @@ options:
         whatever O(allow_container) says.
     type: bool
     default: false
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: The module only reads; it runs and decides the same way in check mode.
+    details:
+      - The module only reads; it runs and decides the same way in check mode.
   diff_mode:
     support: none
   platform:
-    support: full
     platforms: linux
 notes:
   - "Reading C(/proc/1/environ) and C(/proc/1/root) needs root; without it the target counts as a
@@ -91,7 +94,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Refuse the control node, a container or a chroot
-  chardev_guard:
+  chardev_lab.lab.chardev_guard:
     connection: "{{ ansible_connection | default('ssh') }}"
     # Lookups run on the control node: these are the control node's own files.
     controller_boot_id: "{{ lookup('file', '/proc/sys/kernel/random/boot_id', errors='ignore') }}"
@@ -103,7 +106,7 @@ EXAMPLES = r"""
   register: __chardev_guard
 
 - name: Only read the evidence (the module fails when it refuses; here the result is inspected)
-  chardev_guard:
+  chardev_lab.lab.chardev_guard:
     connection: ssh
     controller_boot_id: 23074dcb-6d6b-48ce-a44f-4de67ee446e7
   register: __guard

@@ -21,7 +21,7 @@ description:
     thing is left as it was.
   - Symbolic links are not followed.
 author:
-  - chardev-lab
+  - chardev-lab contributors (@chardev-lab)
 options:
   path:
     description:
@@ -66,19 +66,19 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description:
-      - Can run in check mode and return changed status prediction without modifying target.
     support: full
+    details:
+      - RV(actions) lists what would be done, RV(diff) shows the node as it would be; nothing is
+        created, changed or removed.
   diff_mode:
-    description:
-      - Returns details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
+    details:
+      - The node before and after (RV(diff)), in every mode.
   platform:
-    description:
-      - Target OS/families that can be operated against.
-    support: full
     platforms: linux
 notes:
   - "Creating a device node needs root (or CAP_MKNOD): use C(become: true)."
@@ -90,20 +90,20 @@ seealso:
 
 EXAMPLES = r"""
 - name: Create /dev/chardev for the loaded chardev module
-  chardev_node:
+  chardev_lab.lab.chardev_node:
     path: /dev/chardev
     name: chardev
     mode: "0644"
   become: true
 
 - name: Remove the node after unloading the module
-  chardev_node:
+  chardev_lab.lab.chardev_node:
     path: /dev/chardev
     state: absent
   become: true
 
 - name: Report what would change, without changing it
-  chardev_node:
+  chardev_lab.lab.chardev_node:
     name: chardev
   check_mode: true
   register: __chardev_node_plan
@@ -165,7 +165,7 @@ actions:
 diff:
   description:
     - The node before and after the run.
-    - RV(diff.before.kind) and RV(diff.after.kind) are V(absent) when there is no node.
+    - The C(kind) of RV(diff.before) and RV(diff.after) is V(absent) when there is no node.
   returned: always
   type: dict
   contains:
@@ -302,7 +302,7 @@ def parse_proc_devices(text: str) -> ProcDevices:
             continue
         if current is None:
             raise ChardevNodeError(f"unexpected line before any section in {PROC_DEVICES}: {raw!r}")
-        number, _, name = line.partition(" ")
+        number, _sep, name = line.partition(" ")
         if not number.isdigit() or not name.strip():
             raise ChardevNodeError(f"unexpected line in {PROC_DEVICES}: {raw!r}")
         sections[current].append((int(number), name.strip()))

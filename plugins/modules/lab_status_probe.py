@@ -17,10 +17,11 @@ description:
   - Whether the chardev module is loaded (C(/sys/module/chardev)) and which variant
     (C(/sys/module/chardev/version) reads C(1.0-<variant>)).
   - Whether O(device) is a character device whose major equals chardev's major in C(/proc/devices).
-  - The crash state, read by the same code as the C(chardev_crash) role's own M(chardev_crash_state). The
-    host counts as crashed when the crash record that the role leaves in O(crash_run_dir) says so, or,
-    whatever the record says, when the kernel carries the taint flag C(D) (128, an oops),
-    C(/sys/kernel/oops_count) is above 0, or the kernel log since boot holds an oops or a recursive fault.
+  - The crash state, read by the same code as the C(chardev_crash) role's own
+    M(chardev_lab.lab.chardev_crash_state). The host counts as crashed when the crash record that the
+    role leaves in O(crash_run_dir) says so, or, whatever the record says, when the kernel carries the
+    taint flag C(D) (128, an oops), C(/sys/kernel/oops_count) is above 0, or the kernel log since boot
+    holds an oops or a recursive fault.
   - The stuck tasks. These are every task in state C(X), and every task in state C(D) whose command
     name starts with one of O(stuck_comm_prefixes). For each one it returns the pid, state, command name
     and wait channel.
@@ -30,7 +31,7 @@ description:
     files do not wait on the task, even a stuck one. A task's standard streams and pipes are never read.
     Python 3.9 or newer on the managed node, standard library only.
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   device:
     description:
@@ -55,19 +56,21 @@ options:
       - At most this many stuck tasks are returned. RV(stuck_count) still counts all of them.
     type: int
     default: 50
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description:
+    details:
       - The module only reads, so check mode changes nothing in what it does.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: linux
 notes:
   - Run it as root to read every task's wait channel; without root some wait channels read as null.
 seealso:
-  - module: chardev_crash_evidence
+  - module: chardev_lab.lab.chardev_crash_evidence
     description: Gathers and judges the full crash evidence, including the kernel log.
   - name: Tainted kernels
     description: Meaning of the taint letters.
@@ -76,12 +79,12 @@ seealso:
 
 EXAMPLES = r"""
 - name: Probe the lab host
-  lab_status_probe:
+  chardev_lab.lab.lab_status_probe:
   register: __lab_status_probe
   ignore_unreachable: true
 
 - name: Probe a host whose device node lives elsewhere, looking for more stuck tasks
-  lab_status_probe:
+  chardev_lab.lab.lab_status_probe:
     device: /dev/chardev0
     stuck_comm_prefixes: [chardev, python, cat, dd]
     max_tasks: 100
@@ -145,8 +148,8 @@ crash_reasons:
   sample: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)", "oops_count 2"]
 crash_phase:
   description:
-    - Where the crash role stands on the host (see M(chardev_crash_state)), V(fresh) when nothing of a
-      crash is there.
+    - Where the crash role stands on the host (see M(chardev_lab.lab.chardev_crash_state)), V(fresh) when
+      nothing of a crash is there.
   returned: always
   type: str
   sample: done
@@ -213,7 +216,7 @@ reboot_required:
 check:
   description:
     - The last verdict of C(playbooks/check.yml) in this boot (C(check.json) in the run directory), null
-      when it has not run; see M(chardev_crash_check).
+      when it has not run; see M(chardev_lab.lab.chardev_crash_check).
   returned: always
   type: dict
   sample:
@@ -286,7 +289,7 @@ def parse_module_version(text: str | None) -> str | None:
     None when there is no version."""
     if text is None or not text.strip():
         return None
-    _, _, variant = text.strip().rpartition("-")
+    _head, _sep, variant = text.strip().rpartition("-")
     return variant if variant in VARIANTS else "unknown"
 
 

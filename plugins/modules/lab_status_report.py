@@ -10,8 +10,8 @@ DOCUMENTATION = r"""
 module: lab_status_report
 short_description: Write the lab fleet's status as JSON and as one HTML page, and return a table
 description:
-  - Runs on the control node. Takes the result of M(lab_status_probe) for each lab host, as registered
-    with C(ignore_unreachable), and each host's demo result, the C(<host>.json) file that the
+  - Runs on the control node. Takes the result of M(chardev_lab.lab.lab_status_probe) for each lab host, as
+    registered with C(ignore_unreachable), and each host's demo result, the C(<host>.json) file that the
     C(chardev_demo) role writes in O(results_dir).
   - Decides one state for each host. V(unreachable) when the probe could not reach it. V(crashed) when
     the probe found a crash marker. V(not-ready) when the probe failed, the kernel headers are missing,
@@ -24,7 +24,7 @@ description:
   - It always reports C(changed=false). The report is rewritten on every run (its time changes), and it
     is not lab state, so idempotence checks of the lab must not see it.
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   hosts:
     description:
@@ -34,7 +34,7 @@ options:
     required: true
   probes:
     description:
-      - Host name to its registered M(lab_status_probe) result.
+      - Host name to its registered M(chardev_lab.lab.lab_status_probe) result.
       - A result with C(unreachable) set makes the host's row V(unreachable). A result without
         C(kernel) (the probe failed) makes it V(not-ready). A host that is missing, or has an empty
         result, counts as unreachable (it was not probed).
@@ -62,23 +62,26 @@ options:
       - The title of the HTML page.
     type: str
     default: chardev-lab status
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description:
-      - In check mode nothing is written. The rows, the counts and the table are still returned.
+    details:
+      - In check mode nothing is written (RV(written) is false). The rows, the counts and the table are
+        still returned.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: posix
 seealso:
-  - module: lab_status_probe
+  - module: chardev_lab.lab.lab_status_probe
     description: Reads the state of one lab host.
 """
 
 EXAMPLES = r"""
 - name: Write the fleet's status
-  lab_status_report:
+  chardev_lab.lab.lab_status_report:
     hosts: "{{ groups['lab'] }}"
     probes: "{{ dict(groups['lab'] | zip(groups['lab'] | map('extract', hostvars)
       | map(attribute='__lab_status_probe', default={}))) }}"
@@ -400,7 +403,7 @@ def render_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         columns = [_fit(value, width).ljust(width) for value, width in zip(values, widths, strict=True)]
         return "  ".join([*columns, _fit(reason, REASON_WIDTH)])
 
-    lines = [summary_line(count_states(rows)), line([name for name, _ in TABLE_COLUMNS], "REASON")]
+    lines = [summary_line(count_states(rows)), line([name for name, _cap in TABLE_COLUMNS], "REASON")]
     lines.extend(line(values, row["reason"]) for values, row in zip(cells, rows, strict=True))
     return lines
 
@@ -530,7 +533,7 @@ def render_html(rows: Sequence[Mapping[str, Any]], generated_at: str, title: str
     header_cells = "".join(f'<th scope="col" data-key="{key}">{esc(name)}</th>' for key, name in HTML_COLUMNS)
     body_rows = []
     for row in rows:
-        cells = "".join(f'<td data-key="{key}">{_cell_html(key, row)}</td>' for key, _ in HTML_COLUMNS)
+        cells = "".join(f'<td data-key="{key}">{_cell_html(key, row)}</td>' for key, _name in HTML_COLUMNS)
         body_rows.append(
             f'<tr class="{esc(row["state"])}" data-host="{esc(row["host"])}" '
             f'data-state="{esc(row["state"])}">{cells}</tr>'

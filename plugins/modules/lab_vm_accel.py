@@ -18,7 +18,8 @@ description:
   - The verdict is cached in O(cache_file) under a key of the QEMU binary, the kernel and the host's
     kernel release, so the probe costs its seconds once per machine.
 version_added: "1.0.0"
-author: chardev-lab contributors
+author:
+  - chardev-lab contributors (@chardev-lab)
 options:
   kernel:
     description: Kernel image to boot for the probe (the lab image's kernel).
@@ -41,17 +42,23 @@ options:
     description: QEMU binary.
     type: str
     default: qemu-system-x86_64
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: The probe only reads; in check mode it still runs (it changes nothing on the host).
+    details:
+      - The probe changes nothing on the host, so in check mode it still runs (QEMU boots for up to
+        O(timeout) seconds); only its verdict is not written to O(cache_file).
   diff_mode:
     support: none
+  platform:
+    platforms: linux
 """
 
 EXAMPLES = r"""
 - name: Use KVM where a guest really boots with it
-  lab_vm_accel:
+  chardev_lab.lab.lab_vm_accel:
     kernel: "{{ image.kernel }}"
     cache_file: "{{ lab_vm_state_dir }}/accel.json"
   register: accel

@@ -31,7 +31,8 @@ description:
     made from it are there at the same time). A failed build is diagnosed from its log, and the control
     node's disk being full is told apart from the image's own filesystem being too small.
 version_added: "1.0.0"
-author: chardev-lab contributors
+author:
+  - chardev-lab contributors (@chardev-lab)
 options:
   suite:
     description: Debian suite to build.
@@ -64,13 +65,18 @@ options:
         before failing with a message that names it (pid, since when, log).
     type: int
     default: 1800
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: Reports whether an image would be built, or is being built by another run
-      (RV(building)); builds nothing and creates no file.
+    details:
+      - Reports whether an image would be built, or is being built by another run (RV(building));
+        builds nothing and creates no file.
   diff_mode:
     support: none
+  platform:
+    platforms: linux
 requirements:
   - mmdebstrap, e2fsprogs (mkfs.ext4), run as root on the control node
 notes:
@@ -79,13 +85,13 @@ notes:
 
 EXAMPLES = r"""
 - name: Build the bookworm image once, reuse it afterwards
-  lab_vm_image:
+  chardev_lab.lab.lab_vm_image:
     suite: bookworm
     cache_dir: ~/.cache/chardev-lab/images
   register: image
 
 - name: Use an apt proxy on the control node
-  lab_vm_image:
+  chardev_lab.lab.lab_vm_image:
     suite: trixie
     mirror: http://127.0.0.1:3142/debian
     cache_dir: /var/cache/chardev-lab
@@ -619,7 +625,7 @@ def unmount_below(path: str) -> list[str]:
     shared mount would otherwise propagate to the original), deepest first, lazily when a plain
     unmount fails; then verified. Returns what was unmounted; ImageError when something stays."""
     done: list[str] = []
-    for _ in range(8):  # stacked mounts need a round each
+    for _round in range(8):  # stacked mounts need a round each
         points = mount_points_below(path)
         if not points:
             return done

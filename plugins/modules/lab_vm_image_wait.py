@@ -40,16 +40,25 @@ options:
 attributes:
   action:
     support: full
-    description: An action plugin on the control node; the jobs' status is read with async_status.
-  check_mode:
+    details:
+      - An action plugin on the control node; it reads the jobs' status with M(ansible.builtin.async_status).
+  async:
     support: none
-    description: Run it only where the builds ran (they do not run in check mode).
+    details: It waits for async jobs itself; the action plugin cannot run as one.
+  bypass_host_loop:
+    support: none
+  check_mode:
+    support: full
+    details:
+      - It runs in check mode as in a real run. It only waits for the jobs it is given (in a check run,
+        those of M(chardev_lab.lab.lab_vm_image) in check mode, which build nothing) and then removes
+        their job files (as M(ansible.builtin.async_status) does with C(mode=cleanup)).
   diff_mode:
     support: none
-    description: Nothing to show a difference of.
+    details: Nothing to show a difference of.
   platform:
     platforms: posix
-    description: The control node.
+    details: The control node.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.flow

@@ -33,7 +33,8 @@ description:
     O(state_dir)C(/vms) (symbolic links resolved); V(absent) never follows a symbolic link or crosses a
     mount point.
 version_added: "1.0.0"
-author: chardev-lab contributors
+author:
+  - chardev-lab contributors (@chardev-lab)
 options:
   name:
     description:
@@ -107,7 +108,7 @@ options:
     type: int
     default: 1
   accel:
-    description: QEMU accelerator. Use the lab_vm_accel module to find out whether KVM really works.
+    description: QEMU accelerator. Use M(chardev_lab.lab.lab_vm_accel) to find out whether KVM really works.
     type: str
     choices: [kvm, tcg]
     default: tcg
@@ -138,12 +139,18 @@ options:
     description: Seconds QEMU gets to exit after SIGTERM before SIGKILL.
     type: int
     default: 10
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
-    description: Reports what would be started, stopped or removed; touches nothing.
+    details:
+      - RV(actions) lists what would be started, stopped, created or removed; nothing is touched, and
+        RV(state) and RV(pid) describe the VM as it is.
   diff_mode:
     support: none
+  platform:
+    platforms: linux
 requirements:
   - qemu-system-x86 (with seccomp support, as Debian and Ubuntu build it), qemu-utils (qemu-img),
     openssh-client (ssh-keygen), e2fsprogs (debugfs) on the control node; Linux 5.3 or later (pidfd).
@@ -151,7 +158,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Boot lab-vm-1 with SSH on 127.0.0.1:2201
-  lab_vm_instance:
+  chardev_lab.lab.lab_vm_instance:
     name: lab-vm-1
     vm_dir: /srv/lab/.lab/vms/lab-vm-1
     state_dir: /srv/lab/.lab
@@ -163,7 +170,7 @@ EXAMPLES = r"""
     ssh_port: 2201
 
 - name: Give lab-vm-1 a fresh disk (after a crash)
-  lab_vm_instance:
+  chardev_lab.lab.lab_vm_instance:
     name: lab-vm-1
     state: reset
     vm_dir: /srv/lab/.lab/vms/lab-vm-1
@@ -948,7 +955,7 @@ class Vm:
 
     def wait_for_ssh(self, started: float) -> None:
         if not wait_for(
-            lambda: self.banner(),
+            self.banner,
             self.p["boot_timeout"],
             1.0,
             alive=lambda: running_pid(self.dir) > 0,

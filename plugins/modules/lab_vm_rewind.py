@@ -17,12 +17,13 @@ description:
     to the moment it was taken, without a reboot, in seconds.
   - O(state=present) takes the point when the overlay holds none with O(tag); O(state=restored) loads
     it (the VM runs on from there); O(state=absent) deletes it. Check mode reports what would change.
-  - A fresh overlay (M(lab_vm_instance) O(state=reset)) has no rewind point.
+  - A fresh overlay (M(chardev_lab.lab.lab_vm_instance) O(chardev_lab.lab.lab_vm_instance#module:state=reset))
+    has no rewind point.
 requirements:
   - qemu.qmp (Python, on the control node)
   - QEMU 6.0 or later (the snapshot jobs)
 author:
-  - chardev-lab contributors
+  - chardev-lab contributors (@chardev-lab)
 options:
   vm_dir:
     description: The VM's directory (C(.lab/vms/<name>)), which holds C(qmp.sock) and C(overlay.qcow2).
@@ -41,13 +42,19 @@ options:
     description: Seconds a snapshot job may take before the module gives up.
     type: float
     default: 300
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full
+    details:
+      - Reports whether the point would be taken, loaded or deleted, and does none of it. It still asks
+        QEMU's monitor whether the point exists, so the VM must be running; RV(exists),
+        RV(vm_state_size) and RV(run_status) describe the VM as it is.
   diff_mode:
     support: none
   platform:
-    platforms: [posix]
+    platforms: posix
 notes:
   - Run it on the control node (delegate_to localhost), as the user that started the VMs.
   - No SSH connection to the guest may live across a rewind. The guest's TCP state goes back with the
@@ -62,13 +69,13 @@ notes:
 
 EXAMPLES = r"""
 - name: Keep the lab-ready state of the VM
-  lab_vm_rewind:
+  chardev_lab.lab.lab_vm_rewind:
     vm_dir: .lab/vms/alice
     state: present
   delegate_to: localhost
 
 - name: Rewind a crashed VM
-  lab_vm_rewind:
+  chardev_lab.lab.lab_vm_rewind:
     vm_dir: .lab/vms/alice
     state: restored
   delegate_to: localhost
