@@ -132,8 +132,9 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff, ansible-test sa
 	@$(MAKE) --no-print-directory sanity
 
 .PHONY: unit
-unit: venv ## Python unit tests (no VMs)
-	pytest -q tests/unit
+unit: venv ## Python tests without VMs: the plugins' (ansible-test units), then the project's (tests/project)
+	$(MAKE) --no-print-directory units
+	pytest -q tests/project
 
 .PHONY: browser
 browser: venv test-deps ## The status page in headless Chromium, from a fixture (no VMs)

@@ -3,19 +3,11 @@ selenium). Skipped, saying what is missing, on a machine without them."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# The page helper (shared with the molecule scenarios' tests) and the report module that renders pages.
-for directory in (REPO_ROOT / "molecule/resources/tests", REPO_ROOT / "roles/lab_status/library"):
-    if str(directory) not in sys.path:
-        sys.path.insert(0, str(directory))
-
-from status_page import missing_tools  # noqa: E402
+# The page helper, shared with the molecule scenarios' tests (molecule/resources/tests, on pytest's
+# pythonpath in pyproject.toml).
+from status_page import missing_tools
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_status_report import render_html
+from ansible_collections.chardev_lab.lab.plugins.modules.lab_status_report import render_html
 from status_page import read_status_page, screenshot
 
 FIXTURE = Path(__file__).parent / "data/status.json"

@@ -1,0 +1,205 @@
+"""The chardev guard refusing this machine for real: ansible-playbook with the project's ansible.cfg,
+the inventory `localhost ansible_connection=local`, and the chardev role.
+
+Kept safe even if the guard were broken: the role's sources point to an empty directory (a build
+could not even start), the build directory is a temporary one that must stay absent, the crash
+variant only goes through the chardev role (which builds and loads, and never unloads a module in
+use) and in --check mode. The chardev_crash role is not run here: it alone would crash this kernel.
+The ssh-like cases (same boot id over ssh, containers and chroots on another machine) are in
+tests/unit/plugins/modules/test_chardev_guard.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ROLE_TASKS = REPO_ROOT / "roles" / "chardev" / "tasks"
+REFUSAL = "The chardev guard refuses this host"
+GUARD_TASK = "Refuse the control node, a container or a chroot (one read-only check on the target)"
+REMOVED_TASK = "Refuse chardev_allow_control_node, which no longer exists"
+
+
+def tasks_of(path: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load(path.read_text()))
+
+
+# Every task of the role after the guard's include, and every task that builds: none may start.
+AFTER_GUARD = [
+    task["name"]
+    for task in tasks_of(ROLE_TASKS / "main.yml")
+    if task.get("ansible.builtin.include_tasks") != "guard.yml"
+] + [task["name"].split("{{")[0].strip() for task in tasks_of(ROLE_TASKS / "build.yml")]
+
+
+class Lab:
+    """A temporary inventory, playbook directory and build directory for one run."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.build_dir = tmp_path / "build"  # chardev_build_dir: must never be created
+        self.no_sources = tmp_path / "no-sources"  # chardev_source_dir: nothing to build from
+        self.no_sources.mkdir()
+        self.inventory = tmp_path / "inventory.ini"
+        self.inventory.write_text(
+            f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+        )
+
+    def playbook(self, tasks: list[dict[str, Any]]) -> Path:
+        path = self.tmp / "playbook.yml"
+        play = {
+            "name": "Try the chardev role on the control node",
+            "hosts": "localhost",
+            "gather_facts": False,
+        }
+        path.write_text(yaml.safe_dump([{**play, "tasks": tasks}], sort_keys=False))
+        return path
+
+    def run(
+        self, tasks: list[dict[str, Any]], *extra: str, **extra_vars: Any
+    ) -> tuple[int, dict[str, Any], str]:
+        extra_vars = {
+            "chardev_state": "present",
+            "chardev_build_dir": str(self.build_dir),
+            "chardev_source_dir": str(self.no_sources),
+            **extra_vars,
+        }
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),  # finds the collection in .collections
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        }
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ansible-playbook"),
+                "-i",
+                str(self.inventory),
+                str(self.playbook(tasks)),
+                "-e",
+                json.dumps(extra_vars),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+            cwd=self.tmp,
+        )
+        return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
+
+
+def task_name(task: dict[str, Any]) -> str:
+    """A task's name without the "chardev_lab.lab.chardev : " that the json callback puts before a role's
+    tasks."""
+    return str(task["task"]["name"]).split(" : ", 1)[-1]
+
+
+def tasks_run(report: dict[str, Any]) -> list[str]:
+    return [task_name(task) for play in report["plays"] for task in play["tasks"]]
+
+
+def failure(report: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The one task that failed on localhost, and its result."""
+    failed = [
+        (task_name(task), task["hosts"]["localhost"])
+        for play in report["plays"]
+        for task in play["tasks"]
+        if task["hosts"].get("localhost", {}).get("failed")
+    ]
+    assert len(failed) == 1, failed
+    return failed[0]
+
+
+def assert_nothing_built(lab: Lab, rc: int, report: dict[str, Any], output: str) -> None:
+    assert rc != 0
+    assert report["stats"]["localhost"]["failures"] == 1
+    assert not lab.build_dir.exists()
+    for name in AFTER_GUARD:
+        assert name not in output, f"{name!r} ran after the guard"
+
+
+ROLE = "chardev_lab.lab.chardev"
+CHARDEV_ROLE = [{"name": "Include the chardev role", "ansible.builtin.include_role": {"name": ROLE}}]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    return Lab(tmp_path)
+
+
+def test_the_chardev_role_refuses_the_control_node(lab: Lab) -> None:
+    """A real run (not --check) of the safe variant stops at the guard."""
+    rc, report, output = lab.run(CHARDEV_ROLE)
+    name, result = failure(report)
+    assert name == GUARD_TASK
+    assert result["msg"].startswith(REFUSAL)
+    assert "ansible_connection is local" in result["msg"]
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert f"boot id {boot_id} on both the target and the control node" in result["msg"]
+    assert result["boot_id"] == result["controller_boot_id"] == boot_id
+    assert REMOVED_TASK in tasks_run(report)  # the removed variable was checked first, and was not set
+    assert_nothing_built(lab, rc, report, output)
+
+
+def test_the_crash_variant_is_refused_even_with_allow_container(lab: Lab) -> None:
+    rc, report, output = lab.run(
+        CHARDEV_ROLE, "--check", chardev_variant="crash", chardev_allow_container=True
+    )
+    name, result = failure(report)
+    assert name == GUARD_TASK
+    assert result["msg"].startswith(f"{REFUSAL} for the crash variant")
+    assert "the control node's own kernel" in result["msg"]
+    assert_nothing_built(lab, rc, report, output)
+
+
+def test_the_removed_allow_control_node_is_refused(lab: Lab) -> None:
+    rc, report, output = lab.run(CHARDEV_ROLE, chardev_allow_control_node=True)
+    name, result = failure(report)
+    assert name == REMOVED_TASK
+    assert "no longer exists" in result["msg"]
+    assert "make lab" in result["msg"]
+    assert GUARD_TASK not in tasks_run(report)
+    assert_nothing_built(lab, rc, report, output)
+
+
+def test_the_guard_entry_point_refuses_the_control_node(lab: Lab) -> None:
+    """The entry point chardev_crash includes (tasks_from: guard), asked for the crash variant."""
+    tasks = [
+        {
+            "name": "Include the chardev guard",
+            "ansible.builtin.include_role": {"name": ROLE, "tasks_from": "guard"},
+            "vars": {"chardev_variant": "crash"},
+        }
+    ]
+    rc, report, output = lab.run(tasks, "--check")
+    name, result = failure(report)
+    assert name == GUARD_TASK
+    assert result["msg"].startswith(f"{REFUSAL} for the crash variant")
+    assert_nothing_built(lab, rc, report, output)
+
+
+def test_the_guard_entry_point_validates_its_arguments(lab: Lab) -> None:
+    tasks = [
+        {
+            "name": "Include the chardev guard",
+            "ansible.builtin.include_role": {"name": ROLE, "tasks_from": "guard"},
+            "vars": {"chardev_variant": "oops"},
+        }
+    ]
+    rc, report, output = lab.run(tasks, "--check")
+    name, result = failure(report)
+    assert name.startswith("Validating arguments against arg spec 'guard'")
+    assert "chardev_variant" in result["msg"] and "oops" in result["msg"]
+    assert GUARD_TASK not in tasks_run(report)
+    assert_nothing_built(lab, rc, report, output)

@@ -1,0 +1,65 @@
+"""Unit tests for plugins/modules/lab_vm_accel.py: the verdict of the KVM probe from QEMU's exit and the
+kernel's console, the device check, the probe's command line, and the module with TCG asked for (no
+probe). Nothing here starts QEMU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ansible_collections.chardev_lab.lab.plugins.modules import lab_vm_accel
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import kernel_text, option, run_module
+
+# ---------------------------------------------------------------------------------------------------
+# lab_vm_accel
+# ---------------------------------------------------------------------------------------------------
+
+# The end of the serial console of a Debian 12 kernel booted under a working KVM with no root disk.
+CONSOLE_PANIC = kernel_text("bookworm", "console-panic-no-root.txt")
+
+CONSOLE_EDD_HANG = "Probing EDD (edd=off to disable)... ok\n"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "console", "accel", "reason"),
+    [
+        (0, CONSOLE_PANIC, "kvm", "expected panic"),
+        (None, CONSOLE_PANIC, "kvm", "expected panic"),
+        (None, "", "tcg", "no output in 20 s"),
+        (None, "  \n", "tcg", "no output in 20 s"),
+        (None, CONSOLE_EDD_HANG, "tcg", "no panic in 20 s"),
+        (1, "", "tcg", "QEMU exited with 1 before the kernel ran"),
+    ],
+    ids=["panic", "panic-killed", "silent", "blank", "edd-hang", "early-exit"],
+)
+def test_verdict_from_probe(returncode: int | None, console: str, accel: str, reason: str) -> None:
+    got_accel, got_reason = lab_vm_accel.verdict_from_probe(returncode, console, 20)
+    assert got_accel == accel
+    assert reason in got_reason
+
+
+def test_kvm_usable_device(tmp_path: Path) -> None:
+    device = tmp_path / "kvm"
+    assert lab_vm_accel.kvm_usable_device(str(device)) is False
+    device.write_text("")
+    device.chmod(0o600)
+    assert lab_vm_accel.kvm_usable_device(str(device)) is True
+    if os.geteuid() != 0:  # root may read and write anything
+        device.chmod(0o400)
+        assert lab_vm_accel.kvm_usable_device(str(device)) is False
+
+
+def test_probe_command() -> None:
+    cmd = lab_vm_accel.probe_command("/usr/bin/qemu-system-x86_64", "/img/vmlinuz", "/tmp/c.log")
+    assert cmd[:3] == ["/usr/bin/qemu-system-x86_64", "-accel", "kvm"]
+    assert "-no-reboot" in cmd
+    assert option(cmd, "-serial") == ["file:/tmp/c.log"]
+    assert "panic=-1" in option(cmd, "-append")[0].split()
+
+
+def test_accel_tcg_skips_the_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = {"kernel": "/nope", "cache_file": str(tmp_path / "a.json"), "wanted": "tcg"}
+    result = run_module(lab_vm_accel, args, capsys)
+    assert (result["accel"], result["changed"], result["cached"]) == ("tcg", False, False)
+    assert not (tmp_path / "a.json").exists()
