@@ -159,7 +159,7 @@ def test_csv_columns_and_values() -> None:
 
 def test_csv_quotes_what_needs_quoting() -> None:
     odd = [{**EXPECTED[0], "host": 'lab, "room 2"', "ssh": " ssh x"}]
-    _, records = read_csv(render("access.csv.j2", __access_rows=odd))
+    _columns, records = read_csv(render("access.csv.j2", __access_rows=odd))
     assert records == odd
 
 

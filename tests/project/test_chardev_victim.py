@@ -182,7 +182,7 @@ def test_victim_without_crash_exits_4(mode: str, tmp_path: Path) -> None:
         assert reader != victim
     (run / "go").touch()
     log = run / "victim.log"
-    for _ in range(100):
+    for _attempt in range(100):
         if "no crash" in log.read_text():
             break
         time.sleep(0.1)

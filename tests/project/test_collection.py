@@ -78,7 +78,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_the_tarball_holds_the_collection_and_none_of_the_local_state(installed: tuple[Path, Path]) -> None:
-    tarball, _ = installed
+    tarball, _collections = installed
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
     # The build turns galaxy.yml into MANIFEST.json.
@@ -99,7 +99,7 @@ def test_the_tarball_holds_the_collection_and_none_of_the_local_state(installed:
 def test_a_playbook_outside_the_repository_uses_the_installed_collection(
     installed: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    _, collections = installed
+    _tarball, collections = installed
     env = outside_env(collections)
     doc = subprocess.run(
         [BIN / "ansible-doc", "--json", "chardev_lab.lab.lab_status_probe"],

@@ -12,7 +12,6 @@ tests/unit/plugins/modules/test_chardev_guard.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import ansible_command, ansible_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_TASKS = REPO_ROOT / "roles" / "chardev" / "tasks"
@@ -72,16 +72,11 @@ class Lab:
             "chardev_source_dir": str(self.no_sources),
             **extra_vars,
         }
-        env = {
-            **os.environ,
-            "ANSIBLE_CONFIG": str(REPO_ROOT / "ansible.cfg"),  # finds the collection in .collections
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-        }
+        # The project's ansible.cfg, which finds the collection (ansible_env).
+        env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
         proc = subprocess.run(
             [
-                str(Path(sys.executable).parent / "ansible-playbook"),
+                ansible_command("ansible-playbook"),
                 "-i",
                 str(self.inventory),
                 str(self.playbook(tasks)),

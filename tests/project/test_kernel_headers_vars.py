@@ -131,14 +131,14 @@ def test_platform_packages(case: str) -> None:
 
 
 def test_first_found_order_prefers_the_most_specific_file() -> None:
-    t, _ = templar(facts("Debian", "12", "Debian", "6.1.0-56-amd64"))
+    t, _chosen = templar(facts("Debian", "12", "Debian", "6.1.0-56-amd64"))
     assert render(t, "{{ __kernel_headers_vars_files }}") == [
         "Debian_12.yml",
         "Debian.yml",
         "Debian.yml",
         "default.yml",
     ]
-    t, _ = templar(facts("openSUSE Leap", "15", "Suse", "6.4.0-150600.23.25-default"))
+    t, _chosen = templar(facts("openSUSE Leap", "15", "Suse", "6.4.0-150600.23.25-default"))
     assert render(t, "{{ __kernel_headers_vars_files }}") == [
         "openSUSE Leap_15.yml",
         "openSUSE Leap.yml",
@@ -148,7 +148,9 @@ def test_first_found_order_prefers_the_most_specific_file() -> None:
 
 
 def test_user_packages_replace_the_platform_list() -> None:
-    t, _ = templar(facts("Debian", "12", "Debian", "6.1.0-56-amd64"), kernel_headers_packages=["my-headers"])
+    t, _chosen = templar(
+        facts("Debian", "12", "Debian", "6.1.0-56-amd64"), kernel_headers_packages=["my-headers"]
+    )
     assert render(t, "{{ __kernel_headers_packages }}") == ["my-headers"]
 
 
@@ -168,7 +170,7 @@ def test_unknown_platform_fails_with_a_clear_message() -> None:
 
 
 def test_unknown_platform_with_user_packages_goes_on() -> None:
-    t, _ = templar(facts("Plan9", "4", "Plan9", "9.4-pc64"), kernel_headers_packages=["kernel-devel"])
+    t, _chosen = templar(facts("Plan9", "4", "Plan9", "9.4-pc64"), kernel_headers_packages=["kernel-devel"])
     task = unknown_platform_fail_task()
     assert not all(render(t, f"{{{{ {cond} }}}}") for cond in task["when"])
     assert render(t, "{{ __kernel_headers_packages }}") == ["kernel-devel"]
@@ -186,7 +188,7 @@ def missing_fact_task() -> dict[str, Any]:
 def headers_missing(fact_dict: dict[str, str], check_mode: bool, failed: Any, retry: Any) -> bool:
     """Render the rescue's verdict: `failed` is the install's result, `retry` the retry's (real runs)."""
     task = missing_fact_task()
-    t, _ = templar(
+    t, _chosen = templar(
         fact_dict, ansible_failed_result=failed, __kernel_headers_retry=retry, ansible_check_mode=check_mode
     )
     t.available_variables = {**t.available_variables, **task["vars"]}
@@ -273,7 +275,7 @@ def test_headers_found_after_refreshing_the_lists() -> None:
 
 def verify_condition(**state: Any) -> bool:
     task = next(task for task in load("tasks/verify.yml") if "ansible.builtin.assert" in task)
-    t, _ = templar(facts("Debian", "12", "Debian", "6.1.0-56-amd64"), **state)
+    t, _chosen = templar(facts("Debian", "12", "Debian", "6.1.0-56-amd64"), **state)
     return render(t, f"{{{{ {task['when']} }}}}")
 
 

@@ -25,7 +25,7 @@ def test_relay_reaches_only_its_destination(tmp_path: Path) -> None:
             stderr=qemu_side,
         )
         qemu_side.close()
-        conn, _ = server.accept()
+        conn, _address = server.accept()
         with conn, guest:
             guest.sendall(b"GET / HTTP/1.0\r\n\r\n")
             guest.shutdown(socket.SHUT_WR)

@@ -125,6 +125,14 @@ class FakeClock:
         self.now += seconds
 
 
+class FakeStatvfs:
+    """What os.statvfs returns for a filesystem with this many bytes free (to anyone, in 4 KiB blocks)."""
+
+    def __init__(self, free: int) -> None:
+        self.f_frsize = 4096
+        self.f_bavail = free // 4096
+
+
 class FakeHost:
     """A lab host's files below root: /proc, /sys, /run/chardev-lab (or run_dir), /var/lib/chardev-lab.
 

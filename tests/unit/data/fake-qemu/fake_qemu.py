@@ -123,7 +123,7 @@ def main(argv: list[str]) -> None:
         if listener is None:
             time.sleep(60)
             continue
-        conn, _ = listener.accept()
+        conn, _address = listener.accept()
         with conn:
             conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 fake\r\n")
 

@@ -136,7 +136,7 @@ def test_scan_tasks_keeps_the_5_10_victim_whose_mm_is_gone(host: FakeHost) -> No
     host.task(
         845, "python3", "D", cmdline=(), stack=STACK_5_10_VICTIM, ppid=801, flags=USER_FLAGS | PF_EXITING
     )
-    stuck, _ = scan_tasks(str(host.root))
+    stuck, _holders = scan_tasks(str(host.root))
     assert [task["pid"] for task in stuck] == [845]
 
 

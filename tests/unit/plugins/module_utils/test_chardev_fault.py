@@ -105,7 +105,7 @@ class BtfBuilder:
         self, name: str, size: int, members: list[tuple[str, int, int, int]], union: bool = False
     ) -> int:
         """members: (name, type, bit offset, bitfield size); kind_flag is set by any bitfield size."""
-        kflag = int(any(bits for _, _, _, bits in members))
+        kflag = int(any(bits for _name, _type, _offset, bits in members))
         extra = b"".join(
             self.u32(self.s(m_name), m_type, (bits << 24) | offset if kflag else offset)
             for m_name, m_type, offset, bits in members
@@ -801,7 +801,7 @@ def test_real_file_operations_agrees_with_pahole(vmlinux: Btf) -> None:
 @needs_vmlinux
 @pytest.mark.skipif(shutil.which("pahole") is None, reason="pahole (package dwarves) is not installed")
 def test_explain_with_the_real_btf(vmlinux: Btf, layout_6_1: dict[str, Any]) -> None:
-    read_offset = next(offset for name, offset, _ in pahole_members("file_operations") if name == "read")
+    read_offset = next(offset for name, offset, _size in pahole_members("file_operations") if name == "read")
     fault = dict(parse_faults(LOG_6_1)[0], address=0xFFFFFFFFC0A651A0 + read_offset)
     result = explain(fault, layout_6_1, vmlinux, SYMBOL_TYPES)
     assert (result["symbol"], result["offset"], result["member"]) == ("chardev_fops", read_offset, "read")

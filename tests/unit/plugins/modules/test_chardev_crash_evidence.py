@@ -299,7 +299,7 @@ def test_module_run_6_1_with_kernel_diagnostics(tmp_path: Path, monkeypatch: pyt
     assert result["sysrq_w"]["done"] is True and result["sysrq_w"]["shown"] == {"reader": True}
     assert kernel.trigger.read_text() == "w\n"
     assert kernel.sleeps == [] and kernel.now == 0.0  # hung_task_wait 30, but nothing to wait for
-    assert [pid for pid, _ in kills] == [522, 523]
+    assert [pid for pid, _signal in kills] == [522, 523]
     json.dumps(result)
 
 

@@ -23,7 +23,13 @@ from typing import Any
 
 import pytest
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_vm_image
-from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import data_text, python_env, run_module
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
+    FakeStatvfs,
+    data_text,
+    kernel_text,
+    python_env,
+    run_module,
+)
 
 RELEASE = "6.1.0-56-amd64"
 MIRROR = "http://mirror.example.org/debian"
@@ -103,12 +109,6 @@ class FakeTools:
 
     def builds(self) -> int:
         return sum(cmd[0] == "mmdebstrap" for cmd in self.commands)
-
-
-class StatVfs:
-    def __init__(self, free: int) -> None:
-        self.f_frsize = 4096
-        self.f_bavail = free // 4096
 
 
 @pytest.fixture
@@ -644,15 +644,7 @@ def test_a_new_build_cleans_up_after_a_killed_one(cache: Path, monkeypatch: pyte
 def test_mount_points_below_reads_mountinfo() -> None:
     # Captured from /proc/self/mountinfo during a bookworm build (mmdebstrap 1.3.5, --mode=root); one
     # path with a space, as mountinfo escapes it.
-    mountinfo = (
-        "24 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
-        "812 24 0:50 / /c/.k.tmp-7/rootfs/proc ro,relatime shared:400 - proc proc ro\n"
-        "813 24 0:51 / /c/.k.tmp-7/rootfs/sys ro,nosuid,nodev,noexec shared:401 - sysfs sys ro\n"
-        "814 24 0:5 /null /c/.k.tmp-7/rootfs/dev/null rw,nosuid shared:2 - devtmpfs udev rw\n"
-        "815 812 0:52 / /c/.k.tmp-7/rootfs/proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw\n"
-        "816 24 0:53 / /c/.k.tmp-70/x rw - tmpfs tmpfs rw\n"
-        "817 24 0:54 / /c/with\\040space/.k.tmp-7 rw - tmpfs tmpfs rw\n"
-    )
+    mountinfo = kernel_text("bookworm", "proc-self-mountinfo-image-build.txt")
     assert lab_vm_image.mount_points_below("/c/.k.tmp-7", mountinfo) == [
         "/c/.k.tmp-7/rootfs/proc/sys/fs/binfmt_misc",
         "/c/.k.tmp-7/rootfs/dev/null",
@@ -672,7 +664,7 @@ def test_not_enough_free_space_is_refused_before_the_build(
 ) -> None:
     tools = FakeTools()
     monkeypatch.setattr(lab_vm_image, "run_logged", tools)
-    monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: StatVfs(1 << 30))
+    monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: FakeStatvfs(1 << 30))
     with pytest.raises(lab_vm_image.ImageError) as raised:
         lab_vm_image.run(params(cache), False)
     msg = str(raised.value)
@@ -715,7 +707,7 @@ def test_a_failed_build_reports_the_free_space_at_the_failure(
     tools = FakeTools(fail={"mkfs.ext4": LOG_HOST_FULL_MKFS.split("\n", 1)[1]})
     monkeypatch.setattr(lab_vm_image, "run_logged", tools)
     monkeypatch.setattr(lab_vm_image, "check_free_space", lambda cache_dir, size: None)
-    monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: StatVfs(8 << 20))
+    monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: FakeStatvfs(8 << 20))
     p = params(cache)
     with pytest.raises(lab_vm_image.BuildError) as raised:
         lab_vm_image.run(p, False)

@@ -31,6 +31,7 @@ from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     DATA,
     FakeClock,
     FakeHost,
+    FakeStatvfs,
     option,
     run_module,
 )
@@ -333,7 +334,7 @@ def serve_once(send: bytes | None) -> tuple[int, threading.Thread, threading.Eve
 
     def run() -> None:
         with server:
-            conn, _ = server.accept()
+            conn, _address = server.accept()
             with conn:
                 if send is not None:
                     conn.sendall(send)
@@ -890,16 +891,10 @@ def test_commas_in_paths(
 # ---------------------------------------------------------------------------------------------------
 
 
-class FakeStatvfs:
-    def __init__(self, free_mib: int) -> None:
-        self.f_frsize = 4096
-        self.f_bavail = free_mib * 1024 * 1024 // 4096
-
-
 def test_no_free_space(
     fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lab_vm_instance.os, "statvfs", lambda path: FakeStatvfs(10))
+    monkeypatch.setattr(lab_vm_instance.os, "statvfs", lambda path: FakeStatvfs(10 << 20))
     result = run_module(lab_vm_instance, fleet.args(), capsys)
     assert result["failed"] is True
     msg = result["msg"]

@@ -122,7 +122,7 @@ class FakeQmp:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn, _address = self._listener.accept()
             except TimeoutError:
                 continue
             except OSError:
