@@ -126,7 +126,7 @@ def read_proc_status(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(value.split()[0])
     return out
@@ -152,7 +152,7 @@ def machine_info() -> dict[str, Any]:
     cpu_model, processors = "unknown", 0
     with open("/proc/cpuinfo", encoding="utf-8") as handle:
         for line in handle:
-            key, _, value = line.partition(":")
+            key, _sep, value = line.partition(":")
             if key.strip() == "model name" and cpu_model == "unknown":
                 cpu_model = value.strip()
             if key.strip() == "processor":
@@ -480,7 +480,7 @@ class Bench:
             )
             lookup_task, lookup = one_task(run.doc, "Look up the images in the cache")
             read_task, read = one_task(run.doc, "Read the images")
-            _, waited = one_task(run.doc, "Wait for the image builds")
+            _run, waited = one_task(run.doc, "Wait for the image builds")
             built = [r for r in waited.get("results", []) if r.get("finished")]
             if not built or not lookup["results"][0].get("changed"):
                 raise BenchError(f"cold build {i}: the role did not build an image into the empty cache")
@@ -534,7 +534,7 @@ class Bench:
         assert self.ws is not None
         cache = self.warm_cache or self.ws / "no-cache"
         run = self.run_playbook(label, FLEET_PLAYBOOK, self.base_vars(cache, **extra), timeout=timeout)
-        _, instance = one_task(run.doc, "Bring the VM to state")
+        _run, instance = one_task(run.doc, "Bring the VM to state")
         if instance.get("state") == "running":
             self.vm_started = True
         return run, instance
@@ -718,7 +718,7 @@ class Bench:
             "journalctl -b --no-pager -o short-monotonic -u ssh.service",
         ]
         error = ""
-        for _ in range(3):
+        for _attempt in range(3):
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
             except subprocess.TimeoutExpired:
@@ -787,7 +787,7 @@ class Bench:
         self.sample_context("end")
         self.results["finished"] = now_iso()
         codes = [(c["measure"], c["code"]) for c in self.context]
-        if len({code_label(code) for _, code in codes}) > 1:
+        if len({code_label(code) for _name, code in codes}) > 1:
             first, last = codes[0][1]["commit"], codes[-1][1]["commit"]
             files = git("diff", "--name-only", first, last, "--", *MEASURED_PATHS).split()
             self.notes.append(
@@ -807,7 +807,7 @@ class Bench:
         self.kill_child()
         if self.vm_started or (self.state_dir is not None and (self.state_dir / "vms").exists()):
             try:
-                run, _ = self.fleet("stop the VM", timeout=300, lab_vm_state="absent")
+                run, _result = self.fleet("stop the VM", timeout=300, lab_vm_state="absent")
                 log(f"VM removed (state absent) in {run.wall:.1f} s")
             except (BenchError, OSError, AssertionError) as exc:
                 log(f"could not remove the VM through the role: {exc}")
@@ -1136,7 +1136,7 @@ def render(r: dict[str, Any], command: str) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--cold-runs", type=int, default=3, help="cold image builds (default 3)")
     parser.add_argument("--runs", type=int, default=5, help="cached runs and boots (default 5)")
     parser.add_argument(

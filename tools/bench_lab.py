@@ -178,7 +178,7 @@ def lab_code_version() -> dict[str, Any]:
 
 def phase_of(name: str) -> str:
     """The lab phase a lab.yml task belongs to, from its name (roles prefix theirs with 'role : ')."""
-    role, _, short = name.rpartition(" : ")
+    role, _sep, short = name.rpartition(" : ")
     if name.startswith("Keep the lab-ready VM as its rewind point") or role == "lab_vm":
         return "rewind_point"
     if role == "kernel_headers":
@@ -297,7 +297,7 @@ class LabBench(Bench):
         state = "reset" if self.vm_started else "started"
         run, instance = self.fleet(label, timeout=1800, lab_vm_state=state, **extra)
         log(f"{label}: playbooks/fleet.yml ({state}) {run.wall:.1f} s, boot {instance.get('boot_seconds')} s")
-        probe = [bench.task_seconds(task) for task, _ in tasks_named(run.doc, "Choose KVM or TCG")]
+        probe = [bench.task_seconds(task) for task, _result in tasks_named(run.doc, "Choose KVM or TCG")]
         if probe and probe[0] > 5:
             self.notes.append(
                 f"{label}: the KVM probe ran again ({probe[0]:.0f} s of the {run.wall:.0f} s fleet run): "
@@ -495,7 +495,7 @@ class LabBench(Bench):
     def reset_how(run: Run) -> str:
         """rewound, fresh, or left alone, as reset.yml decided (its set_fact tasks)."""
         for prefix, how in (("Note that the VM was rewound", "rewound"), ("Note a fresh disk", "fresh")):
-            if any(not res.get("skipped") for _, res in tasks_named(run.doc, prefix)):
+            if any(not res.get("skipped") for _task, res in tasks_named(run.doc, prefix)):
                 return how
         return "left alone"
 
@@ -844,7 +844,7 @@ def render(r: dict[str, Any], command: str) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of every arm (default 3)")
     parser.add_argument(
         "--arms",

@@ -61,7 +61,7 @@ def main() -> int:
         print("collections: all of requirements.yml are installed")
         return 0
     print(f"collections: installing {' '.join(todo)} from Ansible Galaxy")
-    return subprocess.run([galaxy, "collection", "install", *todo]).returncode
+    return subprocess.run([galaxy, "collection", "install", *todo], check=False).returncode
 
 
 if __name__ == "__main__":

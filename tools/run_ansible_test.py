@@ -8,7 +8,7 @@ ansible-test wants three things this project does not give it as it is:
 * a path ``.../ansible_collections/chardev_lab/lab/``: it reads its real current directory (the link in
   ``.collections/`` does not count), and inside a git checkout it lists the files with git. The files git
   knows (tracked, and untracked ones it does not ignore) are copied to such a path outside the checkout,
-  fresh for each run.
+  fresh for each run (kept when the run fails).
 * the Python versions the collection declares (tests/config.yml: modules on the targets' 3.9 to 3.13,
   the controller's plugins on 3.11 and up): pyenv's interpreters are put on PATH where they exist; a
   version this machine lacks is skipped by ansible-test with a warning.
@@ -20,11 +20,11 @@ ansible-test wants three things this project does not give it as it is:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +33,10 @@ BOOTSTRAP = ROOT / "tools" / "get_pip_bootstrap.py"
 
 
 def tree_root() -> Path:
-    """Where this checkout's copy goes: one per checkout, outside it."""
-    tag = hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
-    return Path("/tmp/chardev-lab-ansible-test") / tag / "ansible_collections" / COLLECTION[0] / COLLECTION[1]
+    """Where this run's copy goes: a directory of its own outside the checkout, so that runs at the same
+    time (make sanity and make units) never share or remove each other's copy."""
+    top = Path(tempfile.mkdtemp(prefix="chardev-lab-ansible-test-"))
+    return top / "ansible_collections" / COLLECTION[0] / COLLECTION[1]
 
 
 def known_files() -> list[str]:
@@ -49,8 +50,6 @@ def known_files() -> list[str]:
 
 
 def copy_tree(dest: Path) -> None:
-    if dest.exists():
-        shutil.rmtree(dest)
     for name in known_files():
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +84,12 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, PATH=python_path())
     command = [str(Path(sys.executable).parent / "ansible-test"), *argv]
     print(f"ansible-test in {dest}: {' '.join(argv)}", flush=True)
-    return subprocess.run(command, cwd=dest, env=env).returncode
+    returncode = subprocess.run(command, cwd=dest, env=env, check=False).returncode
+    if returncode == 0:
+        shutil.rmtree(dest.parents[2])
+    else:
+        print(f"ansible-test failed; its copy and tests/output stay in {dest}", flush=True)
+    return returncode
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def start(directory: str) -> int:
         os.mkfifo(files["stdin"], 0o600)
     if os.fork() != 0:
         # The parent waits until the shell is up (its pid file), then returns.
-        for _ in range(100):
+        for _attempt in range(100):
             if os.path.exists(files["pid"]):
                 return 0
             time.sleep(0.1)

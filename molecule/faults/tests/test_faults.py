@@ -152,7 +152,7 @@ def test_module_loaded_from_another_build_is_replaced(host, variant):
     unload = run.task(name_of(host), "Unload another build of the module")
     assert unload.get("changed"), str(run)
     assert read(host, "/sys/module/chardev/version") == f"1.0-{variant}", evidence(host, "dmesg | tail -20")
-    assert node_major(host) == char_major(host) is not None, evidence(
+    assert node_major(host) == (major := char_major(host)) and major is not None, evidence(
         host, "cat /proc/devices", "ls -l /dev/chardev"
     )
 

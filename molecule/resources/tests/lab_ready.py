@@ -75,7 +75,7 @@ def test_node_is_a_char_device_with_the_registered_major(host):
 
 def test_each_read_says_the_next_number(host):
     counts = []
-    for _ in range(3):
+    for _attempt in range(3):
         text = host.file(DEVICE).content_string
         match = MESSAGE.match(text)
         assert match, repr(text)

@@ -306,7 +306,7 @@ def stop_reader(reader_pid: int) -> None:
         return
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        pid, _ = os.waitpid(reader_pid, os.WNOHANG)
+        pid, _status = os.waitpid(reader_pid, os.WNOHANG)
         if pid:
             return
         time.sleep(0.05)
@@ -421,7 +421,7 @@ def read_status(fd: int, timeout: float) -> str:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        readable, _, _ = select.select([fd], [], [], remaining)
+        readable, _writable, _errors = select.select([fd], [], [], remaining)
         if not readable:
             break
         try:

@@ -508,7 +508,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run_demo(system: System, args: argparse.Namespace) -> tuple[dict[str, Any], int | None]:
     """Every check in order; returns the judged result and the descriptor still to close, if any."""
-    reads = [read_once(system, args.device) for _ in range(args.reads)]
+    reads = [read_once(system, args.device) for _read in range(args.reads)]
     second_open = check_second_open(system, args.device)
     write = check_write(system, args.device)
     rmmod = None

@@ -33,7 +33,7 @@ def relay(guest: socket.socket, upstream: socket.socket) -> None:
             events = sel.select(IDLE_TIMEOUT)
             if not events:
                 return
-            for key, _ in events:
+            for key, _mask in events:
                 src = key.fileobj
                 assert isinstance(src, socket.socket)
                 data = src.recv(CHUNK)

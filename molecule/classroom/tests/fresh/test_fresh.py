@@ -123,7 +123,7 @@ def control_node_service():
         server.settimeout(0.5)
         while not stop.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _peer = server.accept()
                 conn.close()
             except OSError:
                 continue
