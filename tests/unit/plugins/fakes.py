@@ -1,11 +1,16 @@
-"""What the unit tests of the collection's plugins share: a lab host's files under a directory (FakeHost),
-a kernel log that grows as a test says (FakeKernel), a clock that moves only when slept (FakeClock), the
-module runner, and the kernel output captured per kernel (tests/unit/data/kernels/<suite>/, described in
-the README.md there).
+"""What the tests of the collection share, one of each:
+
+* FakeHost, a lab host's files under a directory (/proc and its tasks, /sys, /run/chardev-lab, the
+  records), with a fake kill and a FakeClock; StatusHost, the same as the lab_status probe reads it;
+* FakeKernel, a kernel log that grows as a test says, with a SysRq trigger and a FakeClock;
+* FakeClock, time that moves only when slept; FakeStatvfs, a filesystem's free space; stat_line();
+* run_module(), a module's main() run as Ansible runs it; capture_warnings(); option();
+* the kernel output captured per kernel (tests/unit/data/kernels/<suite>/, described in its README.md)
+  and the other data files; the environment for Ansible's own tools run on this collection.
 
 Imported by its collection name, ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes, in each of
-ansible-test's contexts (modules, module_utils, controller) and by plain pytest in the virtualenv: so
-it needs nothing but the standard library, pytest and ansible.module_utils.
+ansible-test's contexts (modules, module_utils, controller) and by plain pytest: so it needs nothing but
+the standard library, pytest, ansible.module_utils and the collection's target-side code.
 """
 
 from __future__ import annotations
