@@ -113,11 +113,10 @@ from typing import Any  # noqa: E402
 import yaml  # noqa: E402
 from ansible.errors import AnsibleError, AnsibleParserError  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable  # noqa: E402
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import SUITES  # noqa: E402
 
 NAME = "chardev_lab.lab.chardev_roster"
 
-# The kernels a local VM can run: lab_vm_image.SUITES (a unit test keeps the two equal).
-SUITES = ("bullseye", "bookworm", "trixie")
 COLUMNS = ("student", "ssh_public_key", "host", "suite")
 REQUIRED_COLUMNS = ("student", "ssh_public_key")
 FIRST_PORT = 2301

@@ -49,7 +49,6 @@ VERDICTS = ("crashed", "not_unloaded", "not_read", "nothing_held", "not_loaded",
 
 #: Persistent (survives a reboot): the boot in which the lab last got the crash variant ready. A check
 #: in another boot without a crash means the machine restarted in between: a panic, or a reset.
-LESSON_MARKER_PATH = "/var/lib/chardev-lab/lesson.json"
 
 
 def scan_tasks(

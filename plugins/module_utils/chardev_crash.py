@@ -31,6 +31,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    RUN_DIR,
+    TAINT_BASELINE_PATH,
+)
+
 MODES = ("read", "splice")
 ROLE_VICTIM = "victim"
 ROLE_READER = "reader"
@@ -869,12 +874,10 @@ def read_optional(path: str) -> str | None:
 # zero or a recursive fault in the kernel log since boot mean "crashed", whatever the record says, so a
 # lost record never leads to a second crash of a damaged kernel.
 
-RUN_DIR = "/run/chardev-lab"
 RECORD_NAME = "crashed.json"
 RECORD_UNLOADING = "unloading"
 RECORD_CRASHED = "crashed"
 #: Where the taint of the kernel before the lab is kept (persistent: a reset reboots a real host).
-TAINT_BASELINE_PATH = "/var/lib/chardev-lab/taint-before-lab.json"
 #: Taint bits loading chardev itself sets (O out-of-tree, E unsigned): never part of a baseline.
 TAINT_LAB = (1 << 12) | (1 << 13)
 

@@ -231,11 +231,14 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_build_stor
     normalized_sources,
     prune_cache,
 )
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    BUILD_CACHE_DIR,
+    MODULES_DIR,
+    SYSFS_MODULES,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 SOURCES = ("chardev.c", "Makefile")
-# Where kernels keep their modules and where loaded modules show; tests point them into a tmp dir.
-MODULES_ROOT = "/lib/modules"
-SYSFS_MODULES = "/sys/module"
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
 WARNING_RE = re.compile(r"warning:")
 
@@ -297,7 +300,16 @@ def copy_atomically(source: str, dest: str) -> None:
     os.replace(partial, dest)
 
 
-def import_build(module: AnsibleModule, data: str, dest: str, release: str) -> str:
+class ChardevBuildError(Exception):
+    """What fails the task: the message and the result's other keys."""
+
+    def __init__(self, msg: str, **fields: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.fields = fields
+
+
+def import_build(system: System, data: str, dest: str, release: str) -> str:
     """Put another host's build into the cache at dest, atomically. Returns why it was refused, or ""."""
     try:
         content = base64.b64decode(data, validate=True)
@@ -309,7 +321,7 @@ def import_build(module: AnsibleModule, data: str, dest: str, release: str) -> s
     with open(partial, "wb") as handle:
         handle.write(content)
     os.chmod(partial, 0o644)
-    vermagic = modinfo_field(module, partial, "vermagic").split()
+    vermagic = modinfo_field(system, partial, "vermagic").split()
     if vermagic[:1] != [release]:
         os.unlink(partial)
         return f"its vermagic names {vermagic[0] if vermagic else 'no kernel'}, not {release}"
@@ -339,7 +351,7 @@ def make_module() -> AnsibleModule:
                 "choices": ["safe", "classic", "crash"],
                 "default": [],
             },
-            "cache_dir": {"type": "path", "default": "/var/cache/chardev-lab/builds"},
+            "cache_dir": {"type": "path", "default": BUILD_CACHE_DIR},
             "store": {"type": "path"},
             "import_builds": {"type": "dict", "default": {}},
             "export_builds": {"type": "bool", "default": False},
@@ -349,25 +361,25 @@ def make_module() -> AnsibleModule:
     )
 
 
-def modinfo_field(module: AnsibleModule, ko: str, field: str) -> str:
-    rc, out, _err = module.run_command(["modinfo", "-F", field, ko])
+def modinfo_field(system: System, ko: str, field: str) -> str:
+    rc, out, _err = system.run(["modinfo", "-F", field, ko])
     return out.strip() if rc == 0 else ""
 
 
-def main() -> None:
-    module = make_module()
-    p = module.params
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    """Everything the module does, without AnsibleModule: the result, or ChardevBuildError."""
+    p = params
     release = p["kernel_release"] or os.uname().release
     name = p["name"]
-    kdir = f"{MODULES_ROOT}/{release}/build"
-    ko = f"{MODULES_ROOT}/{release}/extra/{name}.ko"
+    kdir = system.path(f"{MODULES_DIR}/{release}/build")
+    ko = system.path(f"{MODULES_DIR}/{release}/extra/{name}.ko")
     stamp_file = f"{ko}.stamp"
     missing = [name for name in SOURCES if name not in p["sources"]]
     if missing:
-        module.fail_json(msg=f"sources lacks {', '.join(missing)}")
+        raise ChardevBuildError(f"sources lacks {', '.join(missing)}")
     sources = normalized_sources(p["sources"])
     written = sources_to_write(p["src"], sources)
-    if written and not module.check_mode:
+    if written and not check_mode:
         os.makedirs(p["src"], exist_ok=True)
         for source in written:
             with open(os.path.join(p["src"], source), "wb") as handle:
@@ -384,9 +396,9 @@ def main() -> None:
         data = p["import_builds"].get(os.path.basename(cached))
         if data is None or os.path.isfile(cached):
             continue
-        why = "" if module.check_mode else import_build(module, data, cached, release)
+        why = "" if check_mode else import_build(system, data, cached, release)
         if why:
-            module.warn(f"the {variant} build from another host was refused ({why}): compiling it here")
+            system.warn(f"the {variant} build from another host was refused ({why}): compiling it here")
         else:
             imported.append(variant)
 
@@ -409,27 +421,27 @@ def main() -> None:
         "stamp": stamp,
         "warnings_lines": [],
     }
-    sysfs = f"{SYSFS_MODULES}/{name}"
+    sysfs = system.path(f"{SYSFS_MODULES}/{name}")
     result["loaded_version"] = read_first_line(f"{sysfs}/version")
     result["loaded_srcversion"] = read_first_line(f"{sysfs}/srcversion")
 
     def compile_into_cache(variant: str) -> str:
         """kbuild the variant in src; its .ko goes to the cache. Returns the cached file."""
         if not os.path.isfile(os.path.join(kdir, "Makefile")):
-            module.fail_json(
-                msg=f"the kernel headers for {release} are missing ({kdir} has no Makefile): "
+            raise ChardevBuildError(
+                f"the kernel headers for {release} are missing ({kdir} has no Makefile): "
                 f"run the kernel_headers role first",
                 **result,
             )
         make = ["make", "-C", kdir, f"M={p['src']}", f"VARIANT={variant}"]
         started = time.monotonic()
-        module.run_command([*make, "clean"])
-        rc, out, err = module.run_command([*make, "modules"])
+        system.run([*make, "clean"])
+        rc, out, err = system.run([*make, "modules"])
         output = f"{out}\n{err}"
         if rc != 0:
             lines = compiler_lines(output) or output.strip().splitlines()[-15:]
-            module.fail_json(
-                msg=f"building the {variant} variant of {name}.ko for {release} failed:\n" + "\n".join(lines),
+            raise ChardevBuildError(
+                f"building the {variant} variant of {name}.ko for {release} failed:\n" + "\n".join(lines),
                 compiler_lines=lines,
                 **result,
             )
@@ -449,7 +461,7 @@ def main() -> None:
         p["export_builds"] = False
         result["export_refused"] = f"the student {p['student']} has an account (and root) on this host"
 
-    if not module.check_mode:
+    if not check_mode:
         if built:
             cached = cached_ko(cache, release, stamp)
             if from_cache:
@@ -457,7 +469,7 @@ def main() -> None:
             else:
                 cached = compile_into_cache(p["variant"])
             copy_atomically(cached, ko)
-            module.run_command(["depmod", "-a", release], check_rc=True)
+            system.run(["depmod", "-a", release], check_rc=True)
             with open(stamp_file, "w", encoding="utf-8") as handle:
                 handle.write(stamp + "\n")
         for variant in to_cache:
@@ -467,14 +479,23 @@ def main() -> None:
     if p["export_builds"]:
         result["exported_builds"] = exported
     exists = os.path.exists(ko)
-    result["version"] = modinfo_field(module, ko, "version") if exists else ""
-    result["srcversion"] = modinfo_field(module, ko, "srcversion") if exists else ""
+    result["version"] = modinfo_field(system, ko, "version") if exists else ""
+    result["srcversion"] = modinfo_field(system, ko, "srcversion") if exists else ""
     result["reload_needed"] = reload_needed(
         os.path.isdir(sysfs),
         (result["loaded_version"], result["loaded_srcversion"]),
         (result["version"], result["srcversion"]),
-        built and module.check_mode,
+        built and check_mode,
     )
+    return result
+
+
+def main(system: System | None = None) -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
+    except ChardevBuildError as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
     module.exit_json(**result)
 
 

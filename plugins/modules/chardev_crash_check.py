@@ -119,7 +119,6 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check import (
-    LESSON_MARKER_PATH,
     judge,
     scan_tasks,
     tie,
@@ -139,9 +138,9 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     write_json,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH, RUN_DIR
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-#: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
-ROOT = "/"
 KMSG_PATH = "/dev/kmsg"
 CLOCK: Callable[[], float] = time.monotonic
 SLEEP: Callable[[float], None] = time.sleep
@@ -153,21 +152,17 @@ RECORD_KEYS = (
 )  # fmt: skip
 
 
-def under(path: str) -> str:
-    return os.path.join(ROOT, path.lstrip("/"))
-
-
 def kernel_log() -> list[str]:
     return read_kernel_log_lines(KMSG_PATH)[0]
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     files = run_files(params["run_dir"])
-    release = (read_optional(under("/proc/sys/kernel/osrelease")) or os.uname().release).strip()
+    release = (read_optional(system.path("/proc/sys/kernel/osrelease")) or os.uname().release).strip()
     lines = kernel_log()
-    state = crash_state(ROOT, params["run_dir"], lines)
-    stuck, holders = scan_tasks(ROOT, params["device"])
-    version = read_optional(under("/sys/module/chardev/version")) if state["module_loaded"] else None
+    state = crash_state(system.root, params["run_dir"], lines)
+    stuck, holders = scan_tasks(system.root, params["device"])
+    version = read_optional(system.path("/sys/module/chardev/version")) if state["module_loaded"] else None
     variant = version.strip().rpartition("-")[2] if version else None
     # Only the tasks the crash made (the victim, the pipe reader) are the kernel's to report.
     tied = tie(stuck, parse_kernel_log(lines).oops_tasks)
@@ -177,13 +172,13 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         diagnostics = kernel_diagnostics(
             [{"role": role, "pid": task["pid"], "state": task["state"]} for role, task in watched],
             kernel_log,
-            root=ROOT,
+            root=system.root,
             wait=float(params["hung_task_wait"]),
             clock=CLOCK,
             sleep=SLEEP,
         )
         lines = kernel_log()
-    lesson = read_json(under(LESSON_MARKER_PATH)) or {}
+    lesson = read_json(system.path(LESSON_MARKER_PATH)) or {}
     verdict = judge(
         kernel_release=release,
         log_lines=lines,
@@ -196,7 +191,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         boot_id=state["boot_id"],
         lesson_boot_id=lesson.get("boot_id") if isinstance(lesson, dict) else None,
     )
-    explained = explain_log(lines, read_json(under(files["layout"])), boot_id=state["boot_id"])
+    explained = explain_log(lines, read_json(system.path(files["layout"])), boot_id=state["boot_id"])
     result = {
         **verdict,
         "kernel_release": release,
@@ -215,13 +210,13 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     changed = False
     record = state["record"] if isinstance(state["record"], dict) else None
     if not check_mode:
-        write_json(under(os.path.join(params["run_dir"], CHECK_NAME)), {
+        write_json(system.path(os.path.join(params["run_dir"], CHECK_NAME)), {
             key: result[key] for key in ("verdict", "as_expected", "summary", "hint", "checked_at", "mode")
         } | {"explanation": (result["explanation"] or {}).get("text")})  # fmt: skip
         if verdict["verdict"] == "crashed" and not (record and record.get("state") == RECORD_CRASHED):
             # No complete record: a crash made by hand (or a lab run cut short). Record it, so that the
             # lab, the status page and reset.yml know this host crashed and why.
-            write_json(under(files["record"]), {
+            write_json(system.path(files["record"]), {
                 **{key: result[key] for key in RECORD_KEYS},
                 "state": RECORD_CRASHED,
                 "by": "hand",
@@ -238,7 +233,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 def make_module() -> AnsibleModule:
     return AnsibleModule(
         argument_spec={
-            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "run_dir": {"type": "path", "default": RUN_DIR},
             "device": {"type": "path", "default": "/dev/chardev"},
             "hung_task_wait": {"type": "float", "default": 30},
         },
@@ -246,10 +241,10 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -377,9 +377,9 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     task_to_dict,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import BTF_PATH, explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import RUN_DIR
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-#: Root of /proc and /sys; tests point it at a fake tree.
-ROOT = "/"
 KMSG_PATH = "/dev/kmsg"
 #: How SIGKILL is sent; tests replace it.
 SEND_SIGNAL: Callable[[int, int], None] = os.kill
@@ -394,27 +394,27 @@ def read_kernel_log() -> tuple[list[str], str]:
     return read_kernel_log_lines(KMSG_PATH, DMESG_TIMEOUT)
 
 
-def wait_until_stuck(pidfiles: dict[str, str], judged: set[str], settle: float) -> None:
+def wait_until_stuck(pidfiles: dict[str, str], judged: set[str], settle: float, system: System) -> None:
     """Poll (bounded by settle seconds) until every judged role's task is stuck in D or X."""
     deadline = CLOCK() + settle
     while CLOCK() < deadline:
-        tasks = gather_tasks(pidfiles, root=ROOT, kill_test=False)
+        tasks = gather_tasks(pidfiles, root=system.root, kill_test=False)
         if all(t.state in ("D", "X") for t in tasks if t.role in judged):
             return
         SLEEP(1.0)
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     """The module's work, without AnsibleModule: returns the result dict."""
     release = params.get("kernel_release") or os.uname().release
     diagnose = bool(params.get("kernel_diagnostics")) and not check_mode
     expected = expected_outcome(release, params["mode"], diagnostics=diagnose)
     kill_test = bool(params["kill_test"]) and not check_mode
     pidfiles = pidfiles_for(params["mode"], params["run_dir"])
-    wait_until_stuck(pidfiles, set(expected["tasks"]), float(params.get("settle") or 0))
+    wait_until_stuck(pidfiles, set(expected["tasks"]), float(params.get("settle") or 0), system)
     tasks = gather_tasks(
         pidfiles,
-        root=ROOT,
+        root=system.root,
         kill_test=kill_test,
         kill_wait=float(params["kill_wait"]),
         kill=SEND_SIGNAL,
@@ -424,18 +424,18 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         diagnostics = kernel_diagnostics(
             [{"role": task.role, "pid": task.pid, "state": task.state} for task in tasks],
             lambda: read_kernel_log()[0],
-            root=ROOT,
+            root=system.root,
             wait=float(params.get("hung_task_wait") or 0),
             clock=CLOCK,
             sleep=SLEEP,
         )
     lines, source = read_kernel_log()
     log = parse_kernel_log(lines, max_lines=params["log_lines"])
-    tainted_text = read_optional(os.path.join(ROOT, "proc/sys/kernel/tainted"))
+    tainted_text = read_optional(system.path("/proc/sys/kernel/tainted"))
     tainted = parse_tainted(tainted_text) if tainted_text and tainted_text.strip().isdigit() else None
-    layout_text = read_optional(os.path.join(ROOT, run_files(params["run_dir"])["layout"].lstrip("/")))
-    boot_id = (read_optional(os.path.join(ROOT, "proc/sys/kernel/random/boot_id")) or "").strip() or None
-    btf_path = os.path.join(ROOT, BTF_PATH.lstrip("/"))
+    layout_text = read_optional(system.path(run_files(params["run_dir"])["layout"]))
+    boot_id = (read_optional(system.path("/proc/sys/kernel/random/boot_id")) or "").strip() or None
+    btf_path = system.path(BTF_PATH)
     explained = explain_log(lines, layout_text, boot_id=boot_id, btf_path=btf_path)
     observed = observed_from(tasks, log, tainted)
     if diagnostics is not None:
@@ -462,7 +462,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         "tainted": tainted,
         "taint_flags": taint_letters(tainted) if tainted is not None else "",
         "taint_decoded": decode_taint(tainted) if tainted is not None else [],
-        "oops_count": parse_oops_count(read_optional(os.path.join(ROOT, "sys/kernel/oops_count"))),
+        "oops_count": parse_oops_count(read_optional(system.path("/sys/kernel/oops_count"))),
         "kernel_release": release,
         "expected": expected,
         "observed": observed,
@@ -482,7 +482,7 @@ def make_module() -> AnsibleModule:
     """The AnsibleModule with this module's argument spec."""
     return AnsibleModule(
         argument_spec={
-            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "run_dir": {"type": "path", "default": RUN_DIR},
             "mode": {"type": "str", "choices": list(MODES), "required": True},
             "kill_test": {"type": "bool", "default": True},
             "kill_wait": {"type": "float", "default": 2.0},
@@ -496,10 +496,10 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

@@ -180,7 +180,6 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check import LESSON_MARKER_PATH
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
     HUNG_TASK_PANIC_FILE,
     HUNG_TASK_TIMEOUT_FILE,
@@ -200,23 +199,19 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     write_json,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import capture_layout
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH, RUN_DIR
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-#: Root of /proc, /sys, /run and /var; tests point it at a fake tree.
-ROOT = "/"
 KMSG_PATH = "/dev/kmsg"
 STOP_WAIT = 5.0
 
 
-def under(path: str) -> str:
-    return os.path.join(ROOT, path.lstrip("/"))
+def read_state(params: dict[str, Any], system: System) -> dict[str, Any]:
+    lines, _source = read_kernel_log_lines(system.path(KMSG_PATH))
+    return crash_state(system.root, params["run_dir"], lines, TAINT_BASELINE_PATH)
 
 
-def read_state(params: dict[str, Any]) -> dict[str, Any]:
-    lines, _source = read_kernel_log_lines(KMSG_PATH)
-    return crash_state(ROOT, params["run_dir"], lines, TAINT_BASELINE_PATH)
-
-
-def record_baseline(state: dict[str, Any], check_mode: bool) -> bool:
+def record_baseline(state: dict[str, Any], check_mode: bool, system: System) -> bool:
     """Record the taint before the lab for this boot, unless already recorded or the host crashed."""
     baseline = state["taint_baseline"]
     if state["tainted"] is None or state["crashed"]:
@@ -225,39 +220,39 @@ def record_baseline(state: dict[str, Any], check_mode: bool) -> bool:
         return False
     if not check_mode:
         entry = taint_baseline_entry(state["tainted"], state["boot_id"], state["module_loaded"], utc_now())
-        write_json(under(TAINT_BASELINE_PATH), entry)
+        write_json(system.path(TAINT_BASELINE_PATH), entry)
         state["taint_baseline"] = entry
         state["new_taint"] = state["tainted"] & ~entry["tainted"]
     return True
 
 
-def live_leftovers(run_dir: str) -> list[int]:
+def live_leftovers(run_dir: str, system: System) -> list[int]:
     """The pids of the victim and reader that are still alive and still who their PID files say."""
-    pidfiles = {role: under(run_files(run_dir)[role]) for role in (ROLE_VICTIM, ROLE_READER)}
+    pidfiles = {role: system.path(run_files(run_dir)[role]) for role in (ROLE_VICTIM, ROLE_READER)}
     return [
         task.pid
-        for task in gather_tasks(pidfiles, ROOT, kill_test=False)
+        for task in gather_tasks(pidfiles, system.root, kill_test=False)
         if task.pid is not None and task.state is not None and task.state not in ("D", "X", "Z")
     ]
 
 
-def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool) -> list[int]:
+def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool, system: System) -> list[int]:
     """SIGTERM, then SIGKILL, to the leftovers of an interrupted run (module loaded). Before each signal
     the tasks are identified again (pid and start time), so a pid reused meanwhile is never signalled."""
     if state["phase"] != "leftover":
         return []
-    stopped = live_leftovers(run_dir)
+    stopped = live_leftovers(run_dir, system)
     if check_mode:
         return stopped
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = live_leftovers(run_dir)
+        alive = live_leftovers(run_dir, system)
         if not alive:
             break
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + STOP_WAIT
-        while time.monotonic() < deadline and live_leftovers(run_dir):
+        while time.monotonic() < deadline and live_leftovers(run_dir, system):
             time.sleep(0.1)
     return stopped
 
@@ -270,40 +265,42 @@ def read_int(path: str) -> int | None:
         return None
 
 
-def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def prepare(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     """Record the loaded module's layout and lower the hung-task timeout for the lesson (idempotent)."""
     files = run_files(params["run_dir"])
     changed = False
-    layout = capture_layout(ROOT)
+    layout = capture_layout(system.root)
     if not layout["readable"]:
         raise ValueError(
             f"cannot record where chardev lives: {layout['reason']} (run as root, module loaded)"
         )
-    if read_json(under(files["layout"])) != layout:
+    if read_json(system.path(files["layout"])) != layout:
         changed = True
         if not check_mode:
-            write_json(under(files["layout"]), layout)
+            write_json(system.path(files["layout"]), layout)
 
     # Persistent, unlike the run directory: a check in a later boot then knows the machine restarted
     # since the crash variant was ready (a panic, or a reset).
-    marker = read_json(under(LESSON_MARKER_PATH))
+    marker = read_json(system.path(LESSON_MARKER_PATH))
     if not (isinstance(marker, dict) and marker.get("boot_id") == layout["boot_id"]):
         changed = True
         if not check_mode:
-            write_json(under(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": utc_now()})
+            write_json(
+                system.path(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": utc_now()}
+            )
 
     wanted = int(params.get("hung_task_timeout") or 0)
-    timeout_path = under("/" + HUNG_TASK_TIMEOUT_FILE)
+    timeout_path = system.path("/" + HUNG_TASK_TIMEOUT_FILE)
     before = read_int(timeout_path)
     hung = {"before": before, "now": before, "lowered": False, "why": None}
-    saved = read_json(under(files["settings"]))
+    saved = read_json(system.path(files["settings"]))
     if isinstance(saved, dict) and saved.get("boot_id") == layout["boot_id"]:
         hung["before"] = saved.get("hung_task_timeout_secs")
     if wanted <= 0:
         hung["why"] = "left alone (hung_task_timeout 0)"
     elif before is None:
         hung["why"] = f"{HUNG_TASK_TIMEOUT_FILE} is missing: this kernel has no hung-task detector"
-    elif read_int(under("/" + HUNG_TASK_PANIC_FILE)) == 1:
+    elif read_int(system.path("/" + HUNG_TASK_PANIC_FILE)) == 1:
         hung["why"] = (
             "kernel.hung_task_panic is 1: a hung-task report would panic the kernel, so it is left alone"
         )
@@ -313,7 +310,7 @@ def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         if not check_mode:
             if not (isinstance(saved, dict) and saved.get("boot_id") == layout["boot_id"]):
                 write_json(
-                    under(files["settings"]),
+                    system.path(files["settings"]),
                     {"boot_id": layout["boot_id"], "hung_task_timeout_secs": before, "saved_at": utc_now()},
                 )
             with open(timeout_path, "w", encoding="ascii") as handle:
@@ -323,9 +320,11 @@ def prepare(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     return {"changed": changed, "layout": layout, "hung_task_timeout": hung}
 
 
-def mark(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    pidfiles = {role: under(path) for role, path in pidfiles_for(params["mode"], params["run_dir"]).items()}
-    tasks = gather_tasks(pidfiles, ROOT, kill_test=False)
+def mark(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    pidfiles = {
+        role: system.path(path) for role, path in pidfiles_for(params["mode"], params["run_dir"]).items()
+    }
+    tasks = gather_tasks(pidfiles, system.root, kill_test=False)
     record = {
         "state": RECORD_UNLOADING,
         "mode": params["mode"],
@@ -336,12 +335,12 @@ def mark(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         },
     }
     if not check_mode:
-        write_json(under(run_files(params["run_dir"])["record"]), record)
+        write_json(system.path(run_files(params["run_dir"])["record"]), record)
     return record
 
 
-def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
-    path = under(run_files(params["run_dir"])["record"])
+def record(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    path = system.path(run_files(params["run_dir"])["record"])
     try:
         with open(path, encoding="utf-8") as handle:
             marked = json.load(handle)
@@ -360,28 +359,28 @@ def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     return full
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     operation = params["operation"]
     if operation in ("mark", "record") and not params.get("mode"):
         raise ValueError(f"operation={operation} needs mode")
     if operation == "record" and not params.get("evidence"):
         raise ValueError("operation=record needs evidence (the result of chardev_crash_evidence)")
     if operation == "prepare":
-        return prepare(params, check_mode)
+        return prepare(params, check_mode, system)
     if operation == "mark":
-        return {"changed": True, "record": mark(params, check_mode)}
+        return {"changed": True, "record": mark(params, check_mode, system)}
     if operation == "record":
-        return {"changed": True, "record": record(params, check_mode)}
-    state = read_state(params)
+        return {"changed": True, "record": record(params, check_mode, system)}
+    state = read_state(params, system)
     changed = False
     if operation == "stop_leftover":
-        stopped = stop_leftover(state, params["run_dir"], check_mode)
+        stopped = stop_leftover(state, params["run_dir"], check_mode, system)
         changed = bool(stopped)
         if stopped and not check_mode:
-            state = read_state(params)
+            state = read_state(params, system)
         state["stopped"] = stopped
     elif params["record_taint_baseline"]:
-        changed = record_baseline(state, check_mode)
+        changed = record_baseline(state, check_mode, system)
     return {"changed": changed, **state}
 
 
@@ -393,7 +392,7 @@ def make_module() -> AnsibleModule:
                 "choices": ["read", "stop_leftover", "prepare", "mark", "record"],
                 "default": "read",
             },
-            "run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "run_dir": {"type": "path", "default": RUN_DIR},
             "mode": {"type": "str", "choices": ["read", "splice"]},
             "evidence": {"type": "dict"},
             "record_taint_baseline": {"type": "bool", "default": False},
@@ -403,10 +402,10 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

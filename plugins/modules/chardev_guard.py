@@ -244,6 +244,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "connection": {"type": "str", "required": True},
@@ -315,11 +316,6 @@ class Reading:
         return f"{self.path}: {self.error}"
 
 
-def under(root: Path, path: str) -> Path:
-    """The target path `path` (absolute) inside root (/ on a real target, a fake tree in tests)."""
-    return root / path.lstrip("/")
-
-
 def error_text(exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return "missing"
@@ -328,9 +324,9 @@ def error_text(exc: OSError) -> str:
     return exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
 
 
-def read_file(root: Path, path: str) -> Reading:
+def read_file(system: System, path: str) -> Reading:
     try:
-        data = under(root, path).read_bytes()
+        data = Path(system.path(path)).read_bytes()
     except OSError as exc:
         return Reading(path, None, error_text(exc))
     return Reading(path, data.decode("utf-8", errors="replace"))
@@ -382,9 +378,9 @@ def manager_name(text: str) -> str:
     return text.strip() or "unknown runtime"
 
 
-def detect_openvz(root: Path) -> Findings:
+def detect_openvz(system: System) -> Findings:
     """systemd: /proc/vz exists in OpenVZ containers and on OpenVZ hosts; only hosts have /proc/bc."""
-    if under(root, "/proc/vz").exists() and not under(root, "/proc/bc").exists():
+    if Path(system.path("/proc/vz")).exists() and not Path(system.path("/proc/bc")).exists():
         return Findings((Evidence("openvz", "/proc/vz exists without /proc/bc"),))
     return Findings()
 
@@ -397,9 +393,9 @@ def detect_wsl(osrelease: Reading) -> Findings:
     return Findings()
 
 
-def detect_proot(root: Path) -> Findings:
+def detect_proot(system: System) -> Findings:
     """systemd: the process is traced by proot (its TracerPid's comm starts with "proot")."""
-    status = read_file(root, "/proc/self/status")
+    status = read_file(system, "/proc/self/status")
     if status.text is None:
         return Findings(unreadable=(status,))
     tracer = next(
@@ -408,7 +404,7 @@ def detect_proot(root: Path) -> Findings:
     )
     if tracer in ("", "0"):
         return Findings()
-    comm = read_file(root, f"/proc/{tracer}/comm")
+    comm = read_file(system, f"/proc/{tracer}/comm")
     if comm.text is None:
         return Findings(unreadable=(comm,))
     if comm.text.strip().startswith("proot"):
@@ -416,13 +412,13 @@ def detect_proot(root: Path) -> Findings:
     return Findings()
 
 
-def detect_manager_files(root: Path) -> Findings:
+def detect_manager_files(system: System) -> Findings:
     """systemd: the container manager's name in /run/host/container-manager or /run/systemd/container
     (written by nspawn, and by systemd as pid 1 of a container from its container= variable)."""
     found: list[Evidence] = []
     unreadable: list[Reading] = []
     for path in ("/run/host/container-manager", "/run/systemd/container"):
-        reading = read_file(root, path)
+        reading = read_file(system, path)
         if reading.text is not None:
             found.append(Evidence(manager_name(first_line(reading)), f"{path} exists"))
         elif not reading.missing:
@@ -430,9 +426,9 @@ def detect_manager_files(root: Path) -> Findings:
     return Findings(tuple(found), tuple(unreadable))
 
 
-def detect_pid1_environ(root: Path) -> Findings:
+def detect_pid1_environ(system: System) -> Findings:
     """systemd: container=NAME in the environment of pid 1 (needs root to read)."""
-    reading = read_file(root, "/proc/1/environ")
+    reading = read_file(system, "/proc/1/environ")
     if reading.text is None:
         return Findings(unreadable=(reading,))
     for entry in reading.text.split("\0"):
@@ -443,18 +439,18 @@ def detect_pid1_environ(root: Path) -> Findings:
     return Findings()
 
 
-def detect_container_files(root: Path) -> Findings:
+def detect_container_files(system: System) -> Findings:
     """systemd: /run/.containerenv (podman) and /.dockerenv (docker)."""
     found = []
     for path, runtime in (("/run/.containerenv", "podman"), ("/.dockerenv", "docker")):
-        if under(root, path).exists():
+        if Path(system.path(path)).exists():
             found.append(Evidence(runtime, f"{path} exists"))
     return Findings(tuple(found))
 
 
-def detect_cgroup(root: Path) -> Findings:
+def detect_cgroup(system: System) -> Findings:
     """Not in systemd (Ansible's facts use it): a runtime's directory in pid 1's cgroup path."""
-    reading = read_file(root, "/proc/1/cgroup")
+    reading = read_file(system, "/proc/1/cgroup")
     if reading.text is None:
         return Findings() if reading.missing else Findings(unreadable=(reading,))
     found: dict[str, Evidence] = {}
@@ -467,10 +463,10 @@ def detect_cgroup(root: Path) -> Findings:
     return Findings(tuple(found.values()))
 
 
-def detect_user_namespace(root: Path) -> Findings:
+def detect_user_namespace(system: System) -> Findings:
     """Not in systemd: outside the initial user namespace the uid map is not the identity of all uids
     (rootless podman, unprivileged LXC). Such a process could not load a module anyway."""
-    reading = read_file(root, "/proc/self/uid_map")
+    reading = read_file(system, "/proc/self/uid_map")
     if reading.text is None:
         # No uid_map: a kernel without user namespaces.
         return Findings() if reading.missing else Findings(unreadable=(reading,))
@@ -489,17 +485,17 @@ def detect_environment(environ: Mapping[str, str]) -> Findings:
     return Findings()
 
 
-def detect_container(root: Path, osrelease: Reading, environ: Mapping[str, str]) -> Findings:
+def detect_container(system: System, osrelease: Reading, environ: Mapping[str, str]) -> Findings:
     """Every container detector, systemd's first and in its order."""
     return (
-        detect_openvz(root)
+        detect_openvz(system)
         + detect_wsl(osrelease)
-        + detect_proot(root)
-        + detect_manager_files(root)
-        + detect_pid1_environ(root)
-        + detect_container_files(root)
-        + detect_cgroup(root)
-        + detect_user_namespace(root)
+        + detect_proot(system)
+        + detect_manager_files(system)
+        + detect_pid1_environ(system)
+        + detect_container_files(system)
+        + detect_cgroup(system)
+        + detect_user_namespace(system)
         + detect_environment(environ)
     )
 
@@ -511,15 +507,15 @@ class Chroot:
     unreadable: tuple[Reading, ...] = ()
 
 
-def detect_chroot(root: Path) -> Chroot:
+def detect_chroot(system: System) -> Chroot:
     """systemd's running_in_chroot(): the root directory of pid 1 is not ours (stat follows the
     /proc/1/root link, which needs root privileges)."""
     try:
-        pid1_root = os.stat(under(root, "/proc/1/root"))
+        pid1_root = os.stat(Path(system.path("/proc/1/root")))
     except OSError as exc:
         reading = Reading("/proc/1/root", None, error_text(exc))
         return Chroot(None, f"/proc/1/root could not be read ({reading.error})", (reading,))
-    ours = os.stat(root)
+    ours = os.stat(system.root)
     pid1 = (pid1_root.st_dev, pid1_root.st_ino)
     mine = (ours.st_dev, ours.st_ino)
     if pid1 == mine:
@@ -549,14 +545,14 @@ class TargetFacts:
         return tuple(readings) + self.container.unreadable + self.chroot.unreadable
 
 
-def read_target_facts(root: Path, environ: Mapping[str, str]) -> TargetFacts:
-    osrelease = read_file(root, OSRELEASE)
+def read_target_facts(system: System, environ: Mapping[str, str]) -> TargetFacts:
+    osrelease = read_file(system, OSRELEASE)
     return TargetFacts(
-        boot_id=read_file(root, BOOT_ID),
-        machine_ids=tuple(read_file(root, path) for path in MACHINE_ID_FILES),
+        boot_id=read_file(system, BOOT_ID),
+        machine_ids=tuple(read_file(system, path) for path in MACHINE_ID_FILES),
         osrelease=osrelease,
-        container=detect_container(root, osrelease, environ),
-        chroot=detect_chroot(root),
+        container=detect_container(system, osrelease, environ),
+        chroot=detect_chroot(system),
     )
 
 
@@ -748,13 +744,13 @@ def failure_message(decision: Decision, crash: bool) -> str:
 def run(
     params: Mapping[str, Any],
     check_mode: bool,
-    root: Path = Path("/"),
+    system: System,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Read the target's facts under root and decide. check_mode changes nothing: the module only reads.
+    """Read the target's facts (the system) and decide. check_mode changes nothing: the module only reads.
     The result's "warnings" are containment that allow_container allowed (main() passes them to warn())."""
     del check_mode  # read-only: the same in check mode
-    facts = read_target_facts(root, os.environ if environ is None else environ)
+    facts = read_target_facts(system, os.environ if environ is None else environ)
     controller = Controller.from_params(params["controller_boot_id"], params["controller_machine_ids"] or [])
     connection = params["connection"]
     decision = decide(facts, controller, connection, bool(params["allow_container"]), bool(params["crash"]))
@@ -792,9 +788,9 @@ def make_module() -> AnsibleModule:
     return AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
-    result = run(module.params, module.check_mode)
+    result = run(module.params, module.check_mode, System(module) if system is None else system)
     for warning in result.pop("warnings"):
         module.warn(warning)
     if not result["allowed"]:

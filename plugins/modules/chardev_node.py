@@ -198,8 +198,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    ProcDevices,
+    ProcDevicesError,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    parse_proc_devices as proc_devices,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import PROC_DEVICES
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-PROC_DEVICES = "/proc/devices"
 MAX_MAJOR = (1 << 12) - 1  # Linux dev_t: 12-bit major, 20-bit minor
 MAX_MINOR = (1 << 20) - 1
 
@@ -232,14 +240,6 @@ class StatLike(Protocol):
 
     @property
     def st_gid(self) -> int: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcDevices:
-    """The two sections of /proc/devices, as (major, name) pairs in file order."""
-
-    char: tuple[tuple[int, str], ...]
-    block: tuple[tuple[int, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,31 +287,16 @@ class Plan:
 
 
 def parse_proc_devices(text: str) -> ProcDevices:
-    """Parse /proc/devices. Lines are "<major> <name>"; names may contain '/' (e.g. "/dev/vc/0")."""
-    sections: dict[str, list[tuple[int, str]]] = {"char": [], "block": []}
-    current: str | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if line == "Character devices:":
-            current = "char"
-            continue
-        if line == "Block devices:":
-            current = "block"
-            continue
-        if current is None:
-            raise ChardevNodeError(f"unexpected line before any section in {PROC_DEVICES}: {raw!r}")
-        number, _sep, name = line.partition(" ")
-        if not number.isdigit() or not name.strip():
-            raise ChardevNodeError(f"unexpected line in {PROC_DEVICES}: {raw!r}")
-        sections[current].append((int(number), name.strip()))
-    return ProcDevices(char=tuple(sections["char"]), block=tuple(sections["block"]))
+    """Parse /proc/devices (module_utils/chardev_proc.py); a line it cannot read is a ChardevNodeError."""
+    try:
+        return proc_devices(text)
+    except ProcDevicesError as exc:
+        raise ChardevNodeError(str(exc)) from None
 
 
 def find_char_major(devices: ProcDevices, name: str) -> int:
     """The major registered as a character device under name; block devices are ignored."""
-    majors = sorted({major for major, entry in devices.char if entry == name})
+    majors = sorted(set(devices.char_majors(name)))
     if not majors:
         raise ChardevNodeError(f"{name} is not registered in {PROC_DEVICES}: load the module first")
     if len(majors) > 1:
@@ -471,8 +456,8 @@ def resolve_gid(group: str) -> int:
 # ---------------------------------------------------------------- I/O (replaced in tests)
 
 
-def read_proc_devices() -> str:
-    with open(PROC_DEVICES, encoding="utf-8") as handle:
+def read_proc_devices(system: System) -> str:
+    with open(system.path(PROC_DEVICES), encoding="utf-8") as handle:
         return handle.read()
 
 
@@ -507,7 +492,7 @@ def apply_plan(path: str, plan: Plan, wanted: Wanted | None) -> None:
 # ---------------------------------------------------------------- module glue
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     """Everything main() does, without AnsibleModule: returns the result dict or raises ChardevNodeError."""
     path: str = params["path"]
     if not os.path.isabs(path):
@@ -521,7 +506,7 @@ def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         mode = parse_mode(params["mode"])
         uid = resolve_uid(params["owner"])
         gid = resolve_gid(params["group"])
-        major = find_char_major(parse_proc_devices(read_proc_devices()), params["name"])
+        major = find_char_major(parse_proc_devices(read_proc_devices(system)), params["name"])
         if not 0 < major <= MAX_MAJOR:
             raise ChardevNodeError(f"major {major} read from {PROC_DEVICES} is out of range")
         wanted = Wanted(major=major, minor=minor, mode=mode, uid=uid, gid=gid)
@@ -570,10 +555,10 @@ def make_module() -> AnsibleModule:
     return NodeModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ChardevNodeError as exc:
         module.fail_json(msg=str(exc), path=module.params["path"])
     module.exit_json(**result)

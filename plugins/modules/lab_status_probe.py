@@ -244,9 +244,15 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     read_task_state,
     taint_letters,
 )
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import parse_proc_devices
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    MODULES_DIR,
+    PROC_DEVICES,
+    RUN_DIR,
+    SYSFS_MODULES,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-#: Root of /proc, /sys, /lib/modules, /run and /dev; tests point it at a fake tree.
-ROOT = "/"
 #: How the device node is looked at; tests replace it (a fake tree cannot hold a character device).
 LSTAT: Callable[[str], Any] = os.lstat
 
@@ -265,23 +271,14 @@ REBOOT_REQUIRED_FILE = "/run/reboot-required"
 RECORD_KEYS = ("mode", "crashed_at", "kernel_release", "as_expected")
 
 
-def under(root: str, path: str) -> str:
-    """An absolute path below root ("/" on a real system)."""
-    return os.path.join(root, path.lstrip("/"))
-
-
 def parse_char_major(text: str, name: str = MODULE_NAME) -> int | None:
-    """The major number of the character driver `name` in /proc/devices, or None when it is not there."""
-    in_char_section = False
-    for line in text.splitlines():
-        line = line.strip()
-        if line.endswith(":"):
-            in_char_section = line == "Character devices:"
-            continue
-        fields = line.split()
-        if in_char_section and len(fields) == 2 and fields[1] == name and fields[0].isdigit():
-            return int(fields[0])
-    return None
+    """The major number of the character driver `name` in /proc/devices (its first), or None when it is
+    not there or the file cannot be read."""
+    try:
+        majors = parse_proc_devices(text).char_majors(name)
+    except ValueError:
+        return None
+    return majors[0] if majors else None
 
 
 def parse_module_version(text: str | None) -> str | None:
@@ -312,18 +309,18 @@ def is_stuck(state: str, comm: str, prefixes: Sequence[str]) -> bool:
     return state == "X" or (state == "D" and any(comm.startswith(prefix) for prefix in prefixes))
 
 
-def find_stuck_tasks(root: str, prefixes: Sequence[str]) -> list[dict[str, Any]]:
+def find_stuck_tasks(system: System, prefixes: Sequence[str]) -> list[dict[str, Any]]:
     """Every stuck task below root/proc, by pid: {pid, state, comm, wchan}. Reads only stat and wchan."""
     try:
-        names: Iterable[str] = os.listdir(under(root, "/proc"))
+        names: Iterable[str] = os.listdir(system.path("/proc"))
     except OSError:
         return []
     stuck = []
     for pid in sorted(int(name) for name in names if name.isdigit()):
-        task = read_task_state(root, pid)
+        task = read_task_state(system.root, pid)
         if task is None or not is_stuck(task.state, task.comm, prefixes):
             continue
-        wchan = parse_wchan(read_optional(proc_path(root, pid, "wchan")) or "")
+        wchan = parse_wchan(read_optional(proc_path(system.root, pid, "wchan")) or "")
         stuck.append({"pid": task.pid, "state": task.state, "comm": task.comm, "wchan": wchan})
     return stuck
 
@@ -337,10 +334,10 @@ def record_summary(record: dict[str, Any] | None, error: str | None) -> dict[str
     return {key: record.get(key) for key in RECORD_KEYS}
 
 
-def read_check(root: str, run_dir: str) -> dict[str, Any] | None:
+def read_check(system: System, run_dir: str) -> dict[str, Any] | None:
     """The last verdict of playbooks/check.yml in this boot (check.json in the run directory), or None."""
     try:
-        data = json.loads(read_optional(under(root, os.path.join(run_dir, "check.json"))) or "null")
+        data = json.loads(read_optional(system.path(os.path.join(run_dir, "check.json"))) or "null")
     except ValueError:
         return None
     if not isinstance(data, dict):
@@ -349,30 +346,30 @@ def read_check(root: str, run_dir: str) -> dict[str, Any] | None:
 
 
 def probe(
-    root: str,
+    system: System,
     params: dict[str, Any],
     lstat: Callable[[str], Any] = os.lstat,
     kernel_log: Callable[[], list[str]] = read_kernel_log,
 ) -> dict[str, Any]:
-    """Everything the status report needs about the host below root."""
-    release = (read_optional(under(root, "/proc/sys/kernel/osrelease")) or os.uname().release).strip()
-    module_dir = under(root, f"/sys/module/{MODULE_NAME}")
+    """Everything the status report needs about the host (the system)."""
+    release = (read_optional(system.path("/proc/sys/kernel/osrelease")) or os.uname().release).strip()
+    module_dir = system.path(f"{SYSFS_MODULES}/{MODULE_NAME}")
     loaded = os.path.isdir(module_dir)
     version_text = read_optional(os.path.join(module_dir, "version")) if loaded else None
-    major = parse_char_major(read_optional(under(root, "/proc/devices")) or "")
+    major = parse_char_major(read_optional(system.path(PROC_DEVICES)) or "")
     device = params["device"]
     try:
-        node_stat = lstat(under(root, device))
+        node_stat = lstat(system.path(device))
     except OSError:
         node_stat = None
     node_ok, node = judge_node(node_stat, major, device)
-    crash = crash_state(root, params["crash_run_dir"], kernel_log(), TAINT_BASELINE_PATH)
+    crash = crash_state(system.root, params["crash_run_dir"], kernel_log(), TAINT_BASELINE_PATH)
     tainted = crash["tainted"]
-    stuck = find_stuck_tasks(root, params["stuck_comm_prefixes"])
+    stuck = find_stuck_tasks(system, params["stuck_comm_prefixes"])
     return {
         "changed": False,
         "kernel": release,
-        "headers": os.path.exists(under(root, f"/lib/modules/{release}/build")),
+        "headers": os.path.exists(system.path(f"{MODULES_DIR}/{release}/build")),
         "module_loaded": loaded,
         "module_version": version_text.strip() if version_text else None,
         "variant": parse_module_version(version_text) if loaded else None,
@@ -390,15 +387,15 @@ def probe(
         "taint_letters": taint_letters(tainted) if tainted is not None else "",
         "taint_baseline": crash["taint_baseline"],
         "new_taint": crash["new_taint"],
-        "reboot_required": crash["crashed"] or os.path.exists(under(root, REBOOT_REQUIRED_FILE)),
-        "check": read_check(root, params["crash_run_dir"]),
+        "reboot_required": crash["crashed"] or os.path.exists(system.path(REBOOT_REQUIRED_FILE)),
+        "check": read_check(system, params["crash_run_dir"]),
     }
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     """The module's work, without AnsibleModule; read-only, so check mode is the same."""
     del check_mode
-    return probe(ROOT, params, LSTAT, KERNEL_LOG)
+    return probe(system, params, LSTAT, KERNEL_LOG)
 
 
 def make_module() -> AnsibleModule:
@@ -406,7 +403,7 @@ def make_module() -> AnsibleModule:
     return AnsibleModule(
         argument_spec={
             "device": {"type": "path", "default": "/dev/chardev"},
-            "crash_run_dir": {"type": "path", "default": "/run/chardev-lab"},
+            "crash_run_dir": {"type": "path", "default": RUN_DIR},
             "stuck_comm_prefixes": {
                 "type": "list",
                 "elements": "str",
@@ -418,10 +415,10 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**result)

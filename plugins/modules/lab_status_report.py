@@ -177,6 +177,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 STATES = ("ready", "crashed", "unreachable", "not-ready")
 STATE_TEXT = {
@@ -621,8 +622,9 @@ def write_report(
 _SPACES = re.compile(r"\s+")
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
     """The module's work, without AnsibleModule: returns the result dict."""
+    del system  # it works on the controller's files and sockets its parameters name
     hosts = [str(host) for host in params["hosts"]]
     rows = build_rows(
         hosts, params.get("probes") or {}, params.get("students") or {}, params.get("results_dir")
@@ -661,10 +663,10 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except OSError as exc:
         module.fail_json(msg=f"cannot write the status report: {exc}")
     module.exit_json(**result)

@@ -90,6 +90,7 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 PANIC_MARKER = "Kernel panic"
 
@@ -169,39 +170,57 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
-    module = make_module()
-    p = module.params
+class AccelError(Exception):
+    """What fails the task: the message and the result's other keys."""
+
+    def __init__(self, msg: str, **fields: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.fields = fields
+
+
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    """Everything the module does, without AnsibleModule: the result, or AccelError."""
+    p = params
     result: dict[str, Any] = {"changed": False, "cached": False}
     if p["wanted"] == "tcg":
-        module.exit_json(accel="tcg", reason="lab_vm_accel is tcg", **result)
-    if not kvm_usable_device():
+        return dict(accel="tcg", reason="lab_vm_accel is tcg", **result)
+    if not kvm_usable_device(system.path("/dev/kvm")):
         if p["wanted"] == "kvm":
-            module.fail_json(
-                msg="lab_vm_accel is kvm but /dev/kvm is missing or not accessible: load the kvm "
+            raise AccelError(
+                "lab_vm_accel is kvm but /dev/kvm is missing or not accessible: load the kvm "
                 "module, add this user to the kvm group, or set lab_vm_accel: auto",
                 **result,
             )
-        module.exit_json(accel="tcg", reason="/dev/kvm is missing or not accessible", **result)
+        return dict(accel="tcg", reason="/dev/kvm is missing or not accessible", **result)
     if p["wanted"] == "kvm":
-        module.exit_json(accel="kvm", reason="lab_vm_accel is kvm", **result)
-    qemu = module.get_bin_path(p["qemu"])
+        return dict(accel="kvm", reason="lab_vm_accel is kvm", **result)
+    qemu = system.which(p["qemu"])
     if not qemu:
-        module.fail_json(msg=f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
+        raise AccelError(f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
     key = probe_key(qemu, p["kernel"])
     try:
         with open(p["cache_file"], encoding="utf-8") as handle:
             cached = json.load(handle)
         if cached.get("key") == key:
-            module.exit_json(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
+            return dict(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
     except (OSError, ValueError, KeyError):
         pass
     accel, reason = run_probe(qemu, p["kernel"], p["timeout"])
-    if not module.check_mode:
+    if not check_mode:
         os.makedirs(os.path.dirname(p["cache_file"]) or ".", exist_ok=True)
         with open(p["cache_file"], "w", encoding="utf-8") as handle:
             json.dump({"key": key, "accel": accel, "reason": reason}, handle)
-    module.exit_json(accel=accel, reason=reason, **result)
+    return dict(accel=accel, reason=reason, **result)
+
+
+def main(system: System | None = None) -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
+    except AccelError as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

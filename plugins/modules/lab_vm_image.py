@@ -177,11 +177,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import SUITES
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 # Bump when the way the image is made changes: it is part of the cache key.
 RECIPE_VERSION = 3
 
-SUITES = ("bullseye", "bookworm", "trixie")
 
 # What every image needs to boot under QEMU and be managed by Ansible. build-essential is baked in
 # because installing a compiler inside a TCG guest costs minutes per VM; the kernel headers are not:
@@ -940,9 +941,13 @@ def image_result(cache_dir: str, key: str) -> dict[str, Any]:
     }
 
 
-def run(params: dict[str, Any], check_mode: bool, result: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    params: dict[str, Any], check_mode: bool, system: System, result: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything main() does, without AnsibleModule: the result, or ImageError (or BuildError, for
-    main() to explain from the log). result, when given, is filled in as the run goes (for fail_json)."""
+    main() to explain from the log). result, when given, is filled in as the run goes (for fail_json).
+    The image is built on this host with its own tools (system is not needed for that)."""
+    del system
     cache_dir: str = params["cache_dir"]
     key = image_key(params["suite"], params["mirror"], params["packages"], params["size"])
     result = image_result(cache_dir, key) if result is None else result
@@ -1012,11 +1017,13 @@ def failure_message(exc: BuildError, log_path: str) -> str:
     )
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     result: dict[str, Any] = {}
     try:
-        module.exit_json(**run(module.params, module.check_mode, result))
+        module.exit_json(
+            **run(module.params, module.check_mode, System(module) if system is None else system, result)
+        )
     except BuildError as exc:
         module.fail_json(msg=failure_message(exc, result["log"]), **result)
     except ImageError as exc:

@@ -243,6 +243,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 OVERLAY = "overlay.qcow2"
 PIDFILE = "qemu.pid"
@@ -705,9 +706,12 @@ def user_can_read(user: pwd.struct_passwd, path: str) -> bool:
 
 
 class Vm:
-    def __init__(self, module: AnsibleModule):
-        self.module = module
-        self.p = module.params
+    """What run() does to one VM (an internal helper: its methods are the steps)."""
+
+    def __init__(self, params: dict[str, Any], check_mode: bool, system: System):
+        self.check_mode = check_mode
+        self.system = system
+        self.p = params
         self.dir = self.p["vm_dir"]
         self.actions: list[str] = []
         self.boot_seconds = 0.0
@@ -789,12 +793,12 @@ class Vm:
         if os.path.exists(self.path(HOST_KEY)):
             return
         self.actions.append("generated host key")
-        if self.module.check_mode:
+        if self.check_mode:
             return
         with doing(f"create the VM directory {self.dir}"):
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
         cmd = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.p["name"], "-f", self.path(HOST_KEY)]
-        rc, _out, err = self.module.run_command(cmd)
+        rc, _out, err = self.system.run(cmd)
         if rc != 0:
             raise VmError(
                 f"ssh-keygen could not make the host key {self.path(HOST_KEY)} (rc={rc}): {err.strip()}"
@@ -827,7 +831,7 @@ class Vm:
         pids = vm_pids(self.dir)
         if pids:
             self.actions.append("stopped qemu")
-            if self.module.check_mode:
+            if self.check_mode:
                 return
             left = stop_processes(pids, self.dir, self.p["stop_timeout"])
             if left:
@@ -837,7 +841,7 @@ class Vm:
                     f"on (ps -o pid,stat,wchan,cmd -p {left[0]}: state D is a process stuck in the kernel, "
                     "on a disk or NFS), then run again"
                 )
-        if not self.module.check_mode and os.path.lexists(self.path(PIDFILE)):
+        if not self.check_mode and os.path.lexists(self.path(PIDFILE)):
             with doing("remove the stale PID file"):
                 os.unlink(self.path(PIDFILE))
 
@@ -848,7 +852,7 @@ class Vm:
     def remove_overlay(self) -> None:
         if self.overlay_exists():
             self.actions.append("removed overlay")
-            if not self.module.check_mode:
+            if not self.check_mode:
                 with doing("remove the overlay"):
                     os.unlink(self.path(OVERLAY))
 
@@ -865,7 +869,7 @@ class Vm:
         if not self.overlay_exists():
             self.actions.append("created overlay")
         self.actions.append("started qemu")
-        if self.module.check_mode:
+        if self.check_mode:
             return
         if not port_free(self.p["ssh_port"], self.p["ssh_address"]):
             raise VmError(
@@ -874,7 +878,7 @@ class Vm:
                 f"{self.p['name']} another ansible_port in the inventory, or stop what holds it "
                 f"(ss -ltnp 'sport = :{self.p['ssh_port']}')"
             )
-        qemu = self.module.get_bin_path(self.p["qemu"])
+        qemu = self.system.which(self.p["qemu"])
         if not qemu:
             raise VmError(
                 f"{self.p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)"
@@ -896,7 +900,7 @@ class Vm:
                 self.p["disk"],
                 self.path(OVERLAY),
             ]
-            rc, _out, err = self.module.run_command(cmd)
+            rc, _out, err = self.system.run(cmd)
             if rc != 0:
                 raise VmError(
                     f"qemu-img could not create the overlay {self.path(OVERLAY)} (rc={rc}): {err.strip()}"
@@ -988,7 +992,7 @@ class Vm:
             self.stop_if_running()
             if os.path.isdir(self.dir):
                 self.actions.append("removed vm directory")
-                if not self.module.check_mode:
+                if not self.check_mode:
                     remove_tree(self.dir)
             return
         if state == "stopped":
@@ -1004,7 +1008,7 @@ class Vm:
         if running_pid(self.dir):
             if self.saved_config() == self.wanted_config():
                 # Still booting (an interrupted run started it): wait for SSH like a fresh start would.
-                if not self.module.check_mode and not self.banner():
+                if not self.check_mode and not self.banner():
                     self.wait_for_ssh(time.monotonic())
                 return
             self.actions.append("configuration changed")
@@ -1056,23 +1060,32 @@ def make_module() -> AnsibleModule:
     )
 
 
-def main() -> None:
-    module = make_module()
-    vm = Vm(module)
+class VmFailed(Exception):
+    """What fails the task: the message and the result's other keys."""
+
+    def __init__(self, msg: str, **fields: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.fields = fields
+
+
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    """Everything the module does, without AnsibleModule: the result, or VmFailed."""
+    vm = Vm(params, check_mode, system)
     try:
         vm.apply()
     except VmError as exc:
-        module.fail_json(msg=str(exc), actions=vm.actions, console_log=vm.path(CONSOLE))
+        raise VmFailed(str(exc), actions=vm.actions, console_log=vm.path(CONSOLE)) from None
     except OSError as exc:
         # Anything doing() did not name: still an answer, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
-        module.fail_json(
-            msg=f"{vm.p['name']}: {exc.strerror or exc}{where}; {advice(exc)}",
+        raise VmFailed(
+            f"{vm.p['name']}: {exc.strerror or exc}{where}; {advice(exc)}",
             actions=vm.actions,
             console_log=vm.path(CONSOLE),
-        )
+        ) from None
     pid = running_pid(vm.dir)
-    module.exit_json(
+    return dict(
         changed=bool(vm.actions),
         state="running" if pid else ("absent" if not os.path.isdir(vm.dir) else "stopped"),
         pid=pid,
@@ -1082,6 +1095,15 @@ def main() -> None:
         boot_seconds=vm.boot_seconds,
         actions=vm.actions,
     )
+
+
+def main(system: System | None = None) -> None:
+    module = make_module()
+    try:
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
+    except VmFailed as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

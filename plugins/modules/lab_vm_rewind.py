@@ -118,6 +118,7 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 try:
     from qemu.qmp import ExecuteError, QMPError
@@ -265,7 +266,8 @@ class Monitor:
         return seconds
 
 
-def run(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
+    del system  # it works on the controller's files and sockets its parameters name
     vm_dir, tag, state = params["vm_dir"], params["tag"], params["state"]
     overlay = os.path.join(vm_dir, OVERLAY)
     monitor = Monitor(vm_dir, float(params["timeout"]))
@@ -328,12 +330,12 @@ def make_module() -> AnsibleModule:
     return AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
 
-def main() -> None:
+def main(system: System | None = None) -> None:
     module = make_module()
     if not HAS_QMP:
         module.fail_json(msg=missing_required_lib("qemu.qmp (pip install qemu.qmp; make venv installs it)"))
     try:
-        result = run(module.params, module.check_mode)
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
     except RewindError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

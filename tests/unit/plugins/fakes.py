@@ -35,6 +35,7 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash impo
     TAINT_BASELINE_PATH,
     kernel_diagnostics,
 )
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_status_probe
 
 # --- where things are ----------------------------------------------------------------------------------
@@ -138,6 +139,26 @@ class FakeStatvfs:
         self.f_bavail = free // 4096
 
 
+class FakeSystem(System):
+    """The one fake of a module's system: its files below root (a tmp_path tree, FakeHost's root) and its
+    commands scripted. runner(argv, check_rc=..., **kwargs) -> (rc, stdout, stderr) answers each command
+    (None: any command fails the test); commands records them all, warnings what the module warned."""
+
+    def __init__(self, root: Path | str, runner: Any = None) -> None:
+        super().__init__(module=None, root=str(root))
+        self.runner = runner
+        self.commands: list[list[str]] = []
+        self.warnings: list[str] = []
+
+    def run(self, argv: Sequence[str], check_rc: bool = False, **kwargs: Any) -> tuple[int, str, str]:
+        self.commands.append(list(argv))
+        assert self.runner is not None, f"unexpected command: {list(argv)}"
+        return self.runner(list(argv), check_rc=check_rc, **kwargs)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
 class FakeHost:
     """A lab host's files below root: /proc, /sys, /run/chardev-lab (or run_dir), /var/lib/chardev-lab.
 
@@ -167,6 +188,10 @@ class FakeHost:
         host.write("/proc/sys/kernel/hung_task_panic", "0\n")
         host.write("/proc/kallsyms", "ffffffff81000000 T _stext\n")
         return host
+
+    def system(self, runner: Any = None) -> FakeSystem:
+        """The FakeSystem of this host, for a module's run() or main()."""
+        return FakeSystem(self.root, runner)
 
     # files
 
@@ -409,7 +434,7 @@ class StatusHost(FakeHost):
 
     def probe(self, **params: Any) -> dict[str, Any]:
         return lab_status_probe.probe(
-            str(self.root), {**self.PROBE_DEFAULTS, **params}, self.lstat, lambda: self.log
+            self.system(), {**self.PROBE_DEFAULTS, **params}, self.lstat, lambda: self.log
         )
 
 
@@ -485,12 +510,18 @@ class FakeKernel:
 
 
 def run_module(
-    module: ModuleType, args: Mapping[str, Any], capsys: pytest.CaptureFixture[str]
+    module: ModuleType,
+    args: Mapping[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    system: System | None = None,
 ) -> dict[str, Any]:
-    """The module's main() with these arguments, as Ansible runs it: its result, and an exit status that
-    agrees with it (1 when failed, else 0)."""
+    """The module's main() with these arguments, as Ansible runs it (on system, a FakeSystem, when
+    given): its result, and an exit status that agrees with it (1 when failed, else 0)."""
     with patch_module_args(dict(args)), pytest.raises(SystemExit) as exited:
-        module.main()
+        if system is None:
+            module.main()
+        else:
+            module.main(system)
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert exited.value.code == (1 if result.get("failed") else 0), result
     return result

@@ -1,6 +1,7 @@
 """plugins/modules/chardev_build.py: the rebuild decision, the compiler lines shown on failure, the reload
 decision, the host's cache of builds and the builds carried between hosts (import_builds,
-export_builds). kbuild, depmod and modinfo are a fake (FakeKbuild, through AnsibleModule.run_command).
+export_builds). kbuild, depmod and modinfo are a fake (FakeKbuild, the runner of a FakeSystem whose root
+holds lib/modules and sys/module).
 The naming and pruning of builds are tested with module_utils/chardev_build_store.py."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_build_store import build_stamp
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_build
 from ansible_collections.chardev_lab.lab.tests.unit.plugins import fakes
-from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import capture_warnings, kernel_text
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import FakeSystem, kernel_text
 
 # Captured from a Debian 6.1 kbuild run on chardev.c with a missing semicolon.
 KBUILD_ERROR = kernel_text("bookworm", "kbuild-error-missing-semicolon.txt")
@@ -59,8 +60,10 @@ def test_reload_needed(loaded, loaded_id, installed_id, pending, want) -> None:
     assert chardev_build.reload_needed(loaded, loaded_id, installed_id, pending) is want
 
 
-def run_module(capsys: pytest.CaptureFixture[str], **args: Any) -> dict[str, Any]:
-    return fakes.run_module(chardev_build, args, capsys)
+def run_module(
+    capsys: pytest.CaptureFixture[str], system: fakes.FakeSystem | None = None, **args: Any
+) -> dict[str, Any]:
+    return fakes.run_module(chardev_build, args, capsys, system)
 
 
 def test_check_mode_on_a_fresh_host_changes_nothing(tmp_path: Path, capsys) -> None:
@@ -107,6 +110,7 @@ class FakeKbuild:
     def __init__(self, fail_with: str = "") -> None:
         self.commands: list[list[str]] = []
         self.fail_with = fail_with
+        self.system: FakeSystem | None = None
 
     def __call__(self, args, check_rc=False, **kwargs):
         self.commands.append(list(args))
@@ -132,19 +136,20 @@ class FakeKbuild:
 
 
 @pytest.fixture
-def kernel_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "lib-modules"
+def kernel_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "host" / "lib" / "modules"
     (root / "6.1.0-56-amd64" / "build").mkdir(parents=True)
     (root / "6.1.0-56-amd64" / "build" / "Makefile").write_text("# kbuild\n")
-    monkeypatch.setattr(chardev_build, "MODULES_ROOT", str(root))
-    monkeypatch.setattr(chardev_build, "SYSFS_MODULES", str(tmp_path / "sys-module"))
     return root
 
 
 def build(capsys, tmp_path: Path, kbuild: FakeKbuild, monkeypatch, variant: str = "safe", **extra):
-    monkeypatch.setattr("ansible.module_utils.basic.AnsibleModule.run_command", kbuild)
+    del monkeypatch  # the tests' signature; the system is a FakeSystem
+    system = FakeSystem(tmp_path / "host", kbuild)
+    kbuild.system = system
     return run_module(
         capsys,
+        system,
         src=str(tmp_path / "src"),
         sources={k: v.decode() for k, v in SOURCES.items()},
         variant=variant,
@@ -179,7 +184,7 @@ def test_build_installs_then_reuses_then_rebuilds_for_another_variant(
 
 
 def test_loaded_other_build_needs_a_reload(tmp_path: Path, kernel_tree: Path, capsys, monkeypatch) -> None:
-    sysfs = tmp_path / "sys-module" / "chardev"
+    sysfs = tmp_path / "host" / "sys" / "module" / "chardev"
     sysfs.mkdir(parents=True)
     (sysfs / "version").write_text("1.0-classic\n")
     (sysfs / "srcversion").write_text("ABC\n")
@@ -287,8 +292,9 @@ def test_a_build_for_another_kernel_is_refused_and_compiled_here(
 ) -> None:
     builds = {f"{stamp_of('safe')}.ko": b64("module safe 5.10.0-35-amd64")}
     kbuild = FakeKbuild()
-    warned = capture_warnings(monkeypatch)
     result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds=builds)
+    assert kbuild.system is not None
+    warned = kbuild.system.warnings
     assert result["imported"] == [] and makes(kbuild) == ["safe"] and not result["from_cache"]
     assert len(warned) == 1 and "5.10.0-35-amd64, not 6.1.0-56-amd64" in warned[0]
     assert [p.name for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir()] == [f"{stamp_of('safe')}.ko"]

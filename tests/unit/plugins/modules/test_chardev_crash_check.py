@@ -53,7 +53,6 @@ class CheckHost(FakeHost):
             # this machine's BTF would name its own kernel's member; none here keeps the text fixed
             return real_explain_log(lines, layout, boot_id=boot_id, btf_path=no_btf)
 
-        monkeypatch.setattr(chardev_crash_check, "ROOT", str(root))
         monkeypatch.setattr(chardev_crash_check, "KMSG_PATH", str(root / "dev/kmsg-absent"))
         monkeypatch.setattr(chardev_crash_check, "kernel_log", kernel_log)
         monkeypatch.setattr(chardev_crash_check, "explain_log", explain_log)
@@ -63,13 +62,8 @@ class CheckHost(FakeHost):
     def prepared(self, variant: str = "crash") -> dict[str, Any]:
         """The lab got the variant ready: its layout and the lesson marker, as prepare writes them."""
         self.module(variant)
-        monkeypatch = pytest.MonkeyPatch()
-        monkeypatch.setattr(chardev_crash_state, "ROOT", str(self.root))
-        try:
-            prepare = {"operation": "prepare", "run_dir": RUN_DIR, "hung_task_timeout": 10}
-            return chardev_crash_state.run(prepare, False)["layout"]
-        finally:
-            monkeypatch.undo()
+        prepare = {"operation": "prepare", "run_dir": RUN_DIR, "hung_task_timeout": 10}
+        return chardev_crash_state.run(prepare, False, self.system())["layout"]
 
 
 @pytest.fixture
@@ -77,9 +71,11 @@ def chost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CheckHost:
     return CheckHost.booted(tmp_path / "root", monkeypatch=monkeypatch)
 
 
-def check(check_mode: bool = False, **params: Any) -> dict[str, Any]:
+def check(chost: CheckHost, check_mode: bool = False, **params: Any) -> dict[str, Any]:
     return chardev_crash_check.run(
-        {"run_dir": RUN_DIR, "device": "/dev/chardev", "hung_task_wait": 0, **params}, check_mode
+        {"run_dir": RUN_DIR, "device": "/dev/chardev", "hung_task_wait": 0, **params},
+        check_mode,
+        chost.system(),
     )
 
 
@@ -99,7 +95,7 @@ def crash_by_hand_6_1(chost: CheckHost) -> None:
 
 def test_check_records_a_crash_by_hand(chost: CheckHost) -> None:
     crash_by_hand_6_1(chost)
-    result = check()
+    result = check(chost)
     assert result["changed"] is True
     assert (result["verdict"], result["as_expected"], result["mode"]) == ("crashed", True, "read")
     assert (result["kernel_release"], result["variant"]) == ("6.1.0-56-amd64", None)
@@ -145,7 +141,7 @@ def test_check_records_a_crash_by_hand(chost: CheckHost) -> None:
     assert record["explanation"]["text"] == FOPS_READ_TEXT
     assert set(chardev_crash_check.RECORD_KEYS) <= set(record)
     # the lab now knows: a second check finds the complete record and leaves it
-    again = check()
+    again = check(chost)
     assert again["changed"] is False
     assert chost.read_json(f"{RUN_DIR}/crashed.json") == record
 
@@ -154,7 +150,7 @@ def test_check_with_the_real_btf_path(chost: CheckHost, monkeypatch: pytest.Monk
     """run() with explain_log's own btf_path (this machine's /sys/kernel/btf/vmlinux, if any)."""
     monkeypatch.setattr(chardev_crash_check, "explain_log", chardev_fault.explain_log)
     crash_by_hand_6_1(chost)
-    result = check(check_mode=True)
+    result = check(chost, check_mode=True)
     assert (result["explanation"]["symbol"], result["explanation"]["offset"]) == ("chardev_fops", 0x10)
     assert result["explanation"]["text"].startswith("the kernel read chardev_fops+0x10")
 
@@ -169,7 +165,7 @@ def test_check_does_not_overwrite_a_complete_record(chost: CheckHost) -> None:
         "as_expected": True,
     }
     chost.record(lab_record)
-    result = check()
+    result = check(chost)
     assert result["changed"] is False
     assert result["verdict"] == "crashed"
     assert chost.read_json(f"{RUN_DIR}/crashed.json") == lab_record
@@ -180,7 +176,7 @@ def test_check_completes_a_record_left_unloading(chost: CheckHost) -> None:
     """A lab run cut short after the rmmod: the record says "unloading"; the check completes it."""
     crash_by_hand_6_1(chost)
     chost.record({"state": "unloading", "mode": "read", "marked_at": "t0"})
-    result = check()
+    result = check(chost)
     assert result["changed"] is True
     record = chost.read_json(f"{RUN_DIR}/crashed.json")
     assert (record["state"], record["by"]) == ("crashed", "hand")
@@ -189,7 +185,7 @@ def test_check_completes_a_record_left_unloading(chost: CheckHost) -> None:
 def test_check_mode_writes_nothing(chost: CheckHost) -> None:
     crash_by_hand_6_1(chost)
     before = sorted(str(path) for path in chost.root.rglob("*"))
-    result = check(check_mode=True)
+    result = check(chost, check_mode=True)
     assert (result["changed"], result["verdict"], result["as_expected"]) == (False, "crashed", True)
     assert (result["hung_task"], result["sysrq_w"]) == (None, None)  # the kernel's diagnostics not asked
     assert sorted(str(path) for path in chost.root.rglob("*")) == before
@@ -208,7 +204,7 @@ def test_check_5_10_victim_in_d_asks_the_kernel(tmp_path: Path, monkeypatch: pyt
     chost.tainted(TAINTED_CRASHED)
     chost.write("/proc/sys/kernel/hung_task_timeout_secs", "10\n")
     chost.log = LOG_5_10_READ + SYSRQ_5_10
-    result = check(hung_task_wait=30)
+    result = check(chost, hung_task_wait=30)
     assert (result["verdict"], result["as_expected"], result["mode"]) == ("crashed", True, "read")
     assert result["hung_task"]["silenced"].startswith("the kernel has oopsed (taint D)")
     assert result["hung_task"]["reported"] == {"victim": False}
@@ -234,7 +230,7 @@ def test_check_5_10_victim_in_d_without_cmdline(tmp_path: Path, monkeypatch: pyt
     chost.shell(845, state="D", holds=False, cmdline=(), wchan="0", stack=STACK_5_10_VICTIM)
     chost.tainted(TAINTED_CRASHED)
     chost.log = LOG_5_10_READ + SYSRQ_5_10
-    result = check()
+    result = check(chost)
     assert (result["verdict"], result["mismatches"]) == ("crashed", [])
 
 
@@ -243,7 +239,7 @@ def test_check_not_unloaded_safe_variant(chost: CheckHost) -> None:
     chost.tainted(TAINTED_LAB)
     chost.shell(1633)
     chost.log = ["chardev: registered with major 247"]
-    result = check()
+    result = check(chost)
     assert (result["verdict"], result["variant"], result["changed"]) == ("not_unloaded", "safe", False)
     assert (result["as_expected"], result["mode"], result["explanation"], result["faults"]) == (
         None,
@@ -285,7 +281,7 @@ def test_check_without_a_crash(chost: CheckHost, setup: str, verdict: str) -> No
     if setup == "rebooted":
         chost.write("/proc/sys/kernel/random/boot_id", OTHER_BOOT_ID + "\n")
         chost.tainted(0)
-    result = check()
+    result = check(chost)
     assert (result["verdict"], result["changed"]) == (verdict, False)
     assert chost.read_json(f"{RUN_DIR}/check.json")["verdict"] == verdict
     assert not chost.path(f"{RUN_DIR}/crashed.json").exists()
@@ -293,7 +289,7 @@ def test_check_without_a_crash(chost: CheckHost, setup: str, verdict: str) -> No
 
 def test_check_main(chost: CheckHost, capsys: pytest.CaptureFixture[str]) -> None:
     crash_by_hand_6_1(chost)
-    result = run_module(chardev_crash_check, {"hung_task_wait": 0}, capsys)
+    result = run_module(chardev_crash_check, {"hung_task_wait": 0}, capsys, chost.system())
     assert "failed" not in result
     assert (result["changed"], result["verdict"]) == (True, "crashed")
     assert chost.read_json(f"{RUN_DIR}/crashed.json")["by"] == "hand"

@@ -24,6 +24,7 @@ from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     TAINT_LAB,
     FakeHost,
     FakeKernel,
+    FakeSystem,
     kernel_lines,
     kernel_text,
     kmsg_records,
@@ -71,7 +72,6 @@ def crashed_6_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     (fake.root / "proc/sys/kernel/tainted").write_text(f"{TAINT_AFTER_CRASH}\n")
     (fake.root / "sys/kernel").mkdir(parents=True)
     (fake.root / "sys/kernel/oops_count").write_text("2\n")
-    monkeypatch.setattr(chardev_crash_evidence, "ROOT", str(fake.root))
     monkeypatch.setattr(chardev_crash_evidence, "SEND_SIGNAL", fake.kill)
     monkeypatch.setattr(
         chardev_crash_evidence, "read_kernel_log", lambda: (parse_kmsg_records(KMSG_6_1), "/dev/kmsg")
@@ -91,7 +91,7 @@ def module_args(fake: FakeHost, **extra: Any) -> dict[str, Any]:
 
 
 def test_module_as_expected(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys)
+    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys, crashed_6_1.system())
     assert result["changed"] is False
     assert "failed" not in result
     assert result["as_expected"] is True, result["mismatches"]
@@ -126,7 +126,9 @@ def test_module_read_mode_watches_only_the_victim(
     crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """run_dir + mode give the PID files: read mode has no pipe reader, so reader.pid is not looked at."""
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1, mode="read"), capsys)
+    result = run_module(
+        chardev_crash_evidence, module_args(crashed_6_1, mode="read"), capsys, crashed_6_1.system()
+    )
     assert [t["role"] for t in result["tasks"]] == ["victim"]
     assert result["tasks"][0]["pidfile"] == str(crashed_6_1.root / "run/victim.pid")
     assert crashed_6_1.kills == [(845, signal.SIGKILL)]
@@ -137,7 +139,7 @@ def test_module_never_kills_a_reused_pid(crashed_6_1: FakeHost, capsys: pytest.C
     """The victim's and the reader's pids now belong to other processes (other start times)."""
     for pid, comm in ((845, "chardev-victim"), (846, "chardev-reader")):
         (crashed_6_1.root / f"proc/{pid}/stat").write_text(stat_line(pid, comm, "D", 7))
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys)
+    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys, crashed_6_1.system())
     assert crashed_6_1.kills == []
     assert result["as_expected"] is False
     assert [(t["pid"], t["state"], t["identity"], t["kill_sent"]) for t in result["tasks"]] == [
@@ -160,7 +162,7 @@ def test_module_oops_of_another_task(
     monkeypatch.setattr(
         chardev_crash_evidence, "read_kernel_log", lambda: (parse_kmsg_records(records), "/dev/kmsg")
     )
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys)
+    result = run_module(chardev_crash_evidence, module_args(crashed_6_1), capsys, crashed_6_1.system())
     assert result["oops_tasks"] == [{"pid": 17, "comm": "kworker/0:1"}]
     assert result["observed"]["oops_of_victim"] is False
     assert result["mismatches"] == ["missing: an oops in the victim's own task (PID: <victim> in the oops)"]
@@ -169,7 +171,10 @@ def test_module_oops_of_another_task(
 def test_module_mismatch_does_not_fail(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     (crashed_6_1.root / "sys/kernel/oops_count").unlink()
     result = run_module(
-        chardev_crash_evidence, module_args(crashed_6_1, kernel_release="5.10.0-35-amd64"), capsys
+        chardev_crash_evidence,
+        module_args(crashed_6_1, kernel_release="5.10.0-35-amd64"),
+        capsys,
+        crashed_6_1.system(),
     )
     assert "failed" not in result
     assert result["as_expected"] is False
@@ -179,7 +184,12 @@ def test_module_mismatch_does_not_fail(crashed_6_1: FakeHost, capsys: pytest.Cap
 
 
 def test_module_check_mode_sends_no_signal(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1, _ansible_check_mode=True), capsys)
+    result = run_module(
+        chardev_crash_evidence,
+        module_args(crashed_6_1, _ansible_check_mode=True),
+        capsys,
+        crashed_6_1.system(),
+    )
     assert crashed_6_1.kills == []
     assert result["kill_test_done"] is False
     assert result["as_expected"] is True
@@ -188,7 +198,9 @@ def test_module_check_mode_sends_no_signal(crashed_6_1: FakeHost, capsys: pytest
 
 
 def test_module_kill_test_off(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1, kill_test=False), capsys)
+    result = run_module(
+        chardev_crash_evidence, module_args(crashed_6_1, kill_test=False), capsys, crashed_6_1.system()
+    )
     assert crashed_6_1.kills == []
     assert result["kill_test_done"] is False
     assert "check mode" not in result["msg"]
@@ -197,15 +209,19 @@ def test_module_kill_test_off(crashed_6_1: FakeHost, capsys: pytest.CaptureFixtu
 def test_module_defaults_to_running_kernel(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     args = module_args(crashed_6_1)
     del args["kernel_release"]
-    result = run_module(chardev_crash_evidence, args, capsys)
+    result = run_module(chardev_crash_evidence, args, capsys, crashed_6_1.system())
     assert result["kernel_release"] == os.uname().release
 
 
 def test_module_refuses_bad_input(crashed_6_1: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1, kernel_release="linux"), capsys)
+    result = run_module(
+        chardev_crash_evidence, module_args(crashed_6_1, kernel_release="linux"), capsys, crashed_6_1.system()
+    )
     assert result["failed"] is True
     assert "cannot parse kernel release" in result["msg"]
-    result = run_module(chardev_crash_evidence, module_args(crashed_6_1, mode="write"), capsys)
+    result = run_module(
+        chardev_crash_evidence, module_args(crashed_6_1, mode="write"), capsys, crashed_6_1.system()
+    )
     assert result["failed"] is True
     assert "mode" in result["msg"]
 
@@ -242,13 +258,12 @@ def crashed_host(
     kernel: FakeKernel,
 ) -> list[tuple[int, int]]:
     """The fake /proc tree with the watched tasks (role, pid, comm, state, wchan) and PID files; the
-    module's ROOT, SEND_SIGNAL, CLOCK, SLEEP and read_kernel_log pointed at fakes. Returns the kills."""
+    module's SEND_SIGNAL, CLOCK, SLEEP and read_kernel_log pointed at fakes. Returns the kills."""
     host = FakeHost(tmp_path, run_dir="/run")
     for role, pid, comm, state, wchan in tasks:
         host.task(pid, comm, state, wchan)
         host.pidfile(f"{role}.pid", host.entry(pid))
     host.tainted(TAINT_AFTER_CRASH)
-    monkeypatch.setattr(chardev_crash_evidence, "ROOT", str(tmp_path))
     monkeypatch.setattr(chardev_crash_evidence, "SEND_SIGNAL", host.kill)
     monkeypatch.setattr(chardev_crash_evidence, "CLOCK", kernel.clock)
     monkeypatch.setattr(chardev_crash_evidence, "SLEEP", kernel.sleep)
@@ -285,7 +300,7 @@ TASKS_5_10 = [
 def test_module_run_6_1_with_kernel_diagnostics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     kills = crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
-    result = chardev_crash_evidence.run(params(tmp_path), check_mode=False)
+    result = chardev_crash_evidence.run(params(tmp_path), check_mode=False, system=FakeSystem(tmp_path))
     assert result["as_expected"] is True, result["mismatches"]
     assert result["expected"]["markers"]["sysrq_w_blocked"] is True
     assert result["expected"]["markers"]["hung_task_silent"] is True
@@ -311,7 +326,9 @@ def test_module_run_5_10_with_kernel_diagnostics(tmp_path: Path, monkeypatch: py
         "[<0>] pipe_read+0x47/0x460\n[<0>] new_sync_read+0x119/0x1b0\n[<0>] vfs_read+0xf1/0x190\n"
     )
     result = chardev_crash_evidence.run(
-        params(tmp_path, kernel_release="5.10.0-35-amd64", kill_test=False), check_mode=False
+        params(tmp_path, kernel_release="5.10.0-35-amd64", kill_test=False),
+        check_mode=False,
+        system=FakeSystem(tmp_path),
     )
     assert result["as_expected"] is True, result["mismatches"]
     assert result["hung_task"]["silenced"]
@@ -328,7 +345,9 @@ def test_module_run_report_after_the_oops_is_a_mismatch(
     """A hung-task report of the reader in the log of an oopsed kernel: not what the kernel does."""
     kernel = FakeKernel(tmp_path, OOPS_6_1 + HUNG_6_1_READER, sysrq_dump=SYSRQ_6_1)
     crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
-    result = chardev_crash_evidence.run(params(tmp_path, hung_task_wait=12), check_mode=False)
+    result = chardev_crash_evidence.run(
+        params(tmp_path, hung_task_wait=12), check_mode=False, system=FakeSystem(tmp_path)
+    )
     assert kernel.now == 0.0
     assert result["as_expected"] is False
     assert result["mismatches"] == [
@@ -346,7 +365,9 @@ def test_module_run_without_taint_d_waits_for_reports(
     kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
     (tmp_path / "proc/sys/kernel/tainted").write_text(f"{TAINT_NO_OOPS}\n")
-    result = chardev_crash_evidence.run(params(tmp_path, hung_task_wait=12), check_mode=False)
+    result = chardev_crash_evidence.run(
+        params(tmp_path, hung_task_wait=12), check_mode=False, system=FakeSystem(tmp_path)
+    )
     assert kernel.now == pytest.approx(12.0)
     assert kernel.sleeps == [1.0] * 12
     assert result["hung_task"]["silenced"] is None
@@ -367,7 +388,7 @@ def test_module_run_without_diagnostics(
     kernel = FakeKernel(tmp_path, OOPS_6_1, sysrq_dump=SYSRQ_6_1)
     crashed_host(tmp_path, monkeypatch, TASKS_6_1, kernel)
     result = chardev_crash_evidence.run(
-        params(tmp_path, kernel_diagnostics=diagnostics), check_mode=check_mode
+        params(tmp_path, kernel_diagnostics=diagnostics), check_mode=check_mode, system=FakeSystem(tmp_path)
     )
     assert result["as_expected"] is True, result["mismatches"]
     assert result["hung_task"] is None and result["sysrq_w"] is None
@@ -391,7 +412,7 @@ def test_module_accepts_the_new_options(
         "kernel_diagnostics": True,
         "hung_task_wait": 5,
     }
-    result = run_module(chardev_crash_evidence, args, capsys)
+    result = run_module(chardev_crash_evidence, args, capsys, FakeSystem(tmp_path))
     assert "failed" not in result, result
     assert result["as_expected"] is True, result["mismatches"]
     assert result["sysrq_w"]["shown"] == {"reader": True}

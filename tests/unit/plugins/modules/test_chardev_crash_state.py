@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check import LESSON_MARKER_PATH
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import RUN_DIR
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_crash_state
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     BOOT_ID,
@@ -68,8 +68,6 @@ class ModuleHost(FakeHost):
                 raise AssertionError(f"signal {sig} to pid {pid}, which this test did not start")
             real_kill(pid, sig)
 
-        monkeypatch.setattr(chardev_crash_state, "ROOT", str(root))
-        monkeypatch.setattr(chardev_crash_state, "KMSG_PATH", str(root / "dev/kmsg-absent"))
         monkeypatch.setattr(chardev_crash_state, "STOP_WAIT", 3.0)
         monkeypatch.setattr(subprocess, "run", fake_run)
         monkeypatch.setattr(os, "kill", guarded_kill)
@@ -104,7 +102,7 @@ def test_module_read(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> N
     mhost.oops_count(2)
     mhost.record({"state": "crashed", "mode": "read"})
     mhost.dmesg = DMESG_RECURSIVE
-    result = run_module(chardev_crash_state, {}, capsys)
+    result = run_module(chardev_crash_state, {}, capsys, mhost.system())
     assert "failed" not in result
     assert result["changed"] is False
     assert (result["crashed"], result["phase"]) == (True, "done")
@@ -122,7 +120,7 @@ def test_module_read(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_module_read_fresh_host(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> None:
     mhost.tainted(0)
-    result = run_module(chardev_crash_state, {"operation": "read"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "read"}, capsys, mhost.system())
     assert (result["changed"], result["crashed"], result["phase"], result["new_taint"]) == (
         False,
         False,
@@ -136,7 +134,7 @@ def test_module_records_taint_baseline_once_per_boot(
     mhost: ModuleHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mhost.tainted(TAINT_P)
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert result["changed"] is True
     written = json.loads(mhost.baseline_path.read_text())
     assert (written["boot_id"], written["tainted"]) == (BOOT_ID, TAINT_P)
@@ -145,14 +143,14 @@ def test_module_records_taint_baseline_once_per_boot(
     # a second read in the same boot keeps the first record, even with more taint by then
     mhost.tainted(TAINT_P | TAINT_O | TAINT_E)
     before = mhost.baseline_path.read_text()
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert result["changed"] is False
     assert mhost.baseline_path.read_text() == before
     assert result["new_taint"] == TAINT_O | TAINT_E
     # a new boot records again (the module loaded: its own O and E are left out)
     mhost.boot_id(OTHER_BOOT_ID)
     mhost.module_loaded()
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert result["changed"] is True
     written = json.loads(mhost.baseline_path.read_text())
     assert (written["boot_id"], written["tainted"]) == (OTHER_BOOT_ID, TAINT_P)
@@ -161,7 +159,10 @@ def test_module_records_taint_baseline_once_per_boot(
 def test_module_taint_baseline_in_check_mode(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> None:
     mhost.tainted(TAINT_P)
     result = run_module(
-        chardev_crash_state, {"record_taint_baseline": True, "_ansible_check_mode": True}, capsys
+        chardev_crash_state,
+        {"record_taint_baseline": True, "_ansible_check_mode": True},
+        capsys,
+        mhost.system(),
     )
     assert result["changed"] is True  # would record
     assert not mhost.baseline_path.exists()
@@ -173,13 +174,13 @@ def test_module_crashed_host_records_no_baseline(
     mhost: ModuleHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mhost.tainted(TAINT_P | TAINT_D)
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert (result["changed"], result["crashed"]) == (False, True)
     assert not mhost.baseline_path.exists()
     # nor one whose kernel log alone says so
     mhost.tainted(TAINT_P)
     mhost.dmesg = DMESG_RECURSIVE
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert (result["changed"], result["crashed"], result["phase"]) == (False, True, "recover")
     assert not mhost.baseline_path.exists()
 
@@ -187,7 +188,7 @@ def test_module_crashed_host_records_no_baseline(
 def test_module_without_taint_file_records_no_baseline(
     mhost: ModuleHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert (result["changed"], result["tainted"]) == (False, None)
     assert not mhost.baseline_path.exists()
 
@@ -199,7 +200,7 @@ def test_module_mark(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> N
     mhost.task(813, "chardev-reader", "S", starttime=4243)
     mhost.pidfile("victim.pid", "812 4242\n")
     mhost.pidfile("reader.pid", "813 4243\n")
-    result = run_module(chardev_crash_state, {"operation": "mark", "mode": "splice"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "mark", "mode": "splice"}, capsys, mhost.system())
     assert result["changed"] is True
     written = mhost.read_record()
     assert written == result["record"]
@@ -212,9 +213,9 @@ def test_module_mark(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> N
         "reader": {"pid": 813, "comm": "chardev-reader", "identity": "starttime"},
     }
     # interrupted before the rmmod: a leftover; after it: armed (the kernel still intact)
-    assert run_module(chardev_crash_state, {}, capsys)["phase"] == "leftover"
+    assert run_module(chardev_crash_state, {}, capsys, mhost.system())["phase"] == "leftover"
     mhost.module_loaded(False)
-    result = run_module(chardev_crash_state, {}, capsys)
+    result = run_module(chardev_crash_state, {}, capsys, mhost.system())
     assert (result["crashed"], result["phase"]) == (False, "armed")
 
 
@@ -223,7 +224,10 @@ def test_module_mark_read_mode_and_check_mode(mhost: ModuleHost, capsys: pytest.
     mhost.pidfile("victim.pid", "812 4242\n")
     mhost.pidfile("reader.pid", "813 4243\n")  # not watched in read mode
     result = run_module(
-        chardev_crash_state, {"operation": "mark", "mode": "read", "_ansible_check_mode": True}, capsys
+        chardev_crash_state,
+        {"operation": "mark", "mode": "read", "_ansible_check_mode": True},
+        capsys,
+        mhost.system(),
     )
     assert result["changed"] is True
     assert result["record"]["watched"] == {
@@ -235,9 +239,9 @@ def test_module_mark_read_mode_and_check_mode(mhost: ModuleHost, capsys: pytest.
 def test_module_mark_and_record_need_their_options(
     mhost: ModuleHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(chardev_crash_state, {"operation": "mark"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "mark"}, capsys, mhost.system())
     assert result["failed"] is True and result["msg"] == "operation=mark needs mode"
-    result = run_module(chardev_crash_state, {"operation": "record", "mode": "read"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "record", "mode": "read"}, capsys, mhost.system())
     assert result["failed"] is True and "needs evidence" in result["msg"]
     assert not (mhost.run / "crashed.json").exists()
 
@@ -256,9 +260,14 @@ EVIDENCE = {
 def test_module_record_completes_the_mark(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> None:
     mhost.task(812, "chardev-victim", "S", starttime=4242)
     mhost.pidfile("victim.pid", "812 4242\n")
-    marked = run_module(chardev_crash_state, {"operation": "mark", "mode": "read"}, capsys)["record"]
+    marked = run_module(chardev_crash_state, {"operation": "mark", "mode": "read"}, capsys, mhost.system())[
+        "record"
+    ]
     result = run_module(
-        chardev_crash_state, {"operation": "record", "mode": "read", "evidence": EVIDENCE}, capsys
+        chardev_crash_state,
+        {"operation": "record", "mode": "read", "evidence": EVIDENCE},
+        capsys,
+        mhost.system(),
     )
     assert result["changed"] is True
     written = mhost.read_record()
@@ -271,7 +280,7 @@ def test_module_record_completes_the_mark(mhost: ModuleHost, capsys: pytest.Capt
     for key in ("as_expected", "tasks", "oops_tasks", "kernel_release", "msg"):
         assert written[key] == EVIDENCE[key]
     mhost.tainted(TAINT_AFTER_CRASH)
-    assert run_module(chardev_crash_state, {}, capsys)["phase"] == "done"
+    assert run_module(chardev_crash_state, {}, capsys, mhost.system())["phase"] == "done"
 
 
 def test_module_record_without_mark_and_in_check_mode(
@@ -281,11 +290,17 @@ def test_module_record_without_mark_and_in_check_mode(
         chardev_crash_state,
         {"operation": "record", "mode": "splice", "evidence": EVIDENCE, "_ansible_check_mode": True},
         capsys,
+        mhost.system(),
     )
     assert result["record"]["state"] == "crashed" and "marked_at" not in result["record"]
     assert not (mhost.run / "crashed.json").exists()
     mhost.record("{broken")  # a broken mark is replaced
-    run_module(chardev_crash_state, {"operation": "record", "mode": "splice", "evidence": EVIDENCE}, capsys)
+    run_module(
+        chardev_crash_state,
+        {"operation": "record", "mode": "splice", "evidence": EVIDENCE},
+        capsys,
+        mhost.system(),
+    )
     written = mhost.read_record()
     assert (written["state"], written["mode"]) == ("crashed", "splice")
     assert "marked_at" not in written
@@ -302,8 +317,8 @@ def test_module_stop_leftover_signals_the_identified_victim(
     stranger = start_sleeper(sleepers, mhost)
     mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
     mhost.pidfile("reader.pid", f"{stranger.pid} {real_starttime(stranger.pid) + 1}\n")
-    assert run_module(chardev_crash_state, {}, capsys)["phase"] == "leftover"
-    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys)
+    assert run_module(chardev_crash_state, {}, capsys, mhost.system())["phase"] == "leftover"
+    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
     assert "failed" not in result, result
     assert result["changed"] is True
     assert result["stopped"] == [victim.pid]
@@ -319,7 +334,7 @@ def test_module_stop_leftover_never_signals_a_reused_pid(
     mhost.module_loaded()
     stranger = start_sleeper(sleepers, mhost)
     mhost.pidfile("victim.pid", f"{stranger.pid} {real_starttime(stranger.pid) + 1}\n")
-    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
     assert (result["changed"], result["stopped"], result["phase"]) == (False, [], "fresh")
     assert mhost.signals == []
     assert stranger.poll() is None
@@ -332,7 +347,10 @@ def test_module_stop_leftover_check_mode(
     victim = start_sleeper(sleepers, mhost)
     mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
     result = run_module(
-        chardev_crash_state, {"operation": "stop_leftover", "_ansible_check_mode": True}, capsys
+        chardev_crash_state,
+        {"operation": "stop_leftover", "_ansible_check_mode": True},
+        capsys,
+        mhost.system(),
     )
     assert (result["changed"], result["stopped"], result["phase"]) == (True, [victim.pid], "leftover")
     assert mhost.signals == []
@@ -349,7 +367,7 @@ def test_module_stop_leftover_leaves_an_armed_or_crashed_host_alone(
     if situation == "crashed":
         mhost.module_loaded()
         mhost.tainted(TAINT_AFTER_CRASH)
-    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys)
+    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
     assert (result["changed"], result["stopped"]) == (False, [])
     assert result["phase"] == ("armed" if situation == "armed" else "recover")
     assert mhost.signals == []
@@ -359,7 +377,7 @@ def test_module_new_taint_agrees_with_the_baseline_it_recorded(
     mhost: ModuleHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mhost.tainted(TAINT_P)
-    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys)
+    result = run_module(chardev_crash_state, {"record_taint_baseline": True}, capsys, mhost.system())
     assert result["taint_baseline"]["tainted"] == TAINT_P
     assert result["new_taint"] == 0
 
@@ -370,20 +388,21 @@ def test_module_new_taint_agrees_with_the_baseline_it_recorded(
 @pytest.fixture
 def state_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     host = FakeHost.booted(tmp_path / "root")
-    monkeypatch.setattr(chardev_crash_state, "ROOT", str(host.root))
-    monkeypatch.setattr(chardev_crash_state, "KMSG_PATH", str(host.root / "dev/kmsg-absent"))
+    del monkeypatch  # the module sees the host through host.system()
     host.module("crash")
     return host
 
 
-def prepare(check_mode: bool = False, **params: Any) -> dict[str, Any]:
+def prepare(host: FakeHost, check_mode: bool = False, **params: Any) -> dict[str, Any]:
     return chardev_crash_state.run(
-        {"operation": "prepare", "run_dir": RUN_DIR, "hung_task_timeout": 10, **params}, check_mode
+        {"operation": "prepare", "run_dir": RUN_DIR, "hung_task_timeout": 10, **params},
+        check_mode,
+        host.system(),
     )
 
 
 def test_prepare_first_run_and_again(state_host: FakeHost) -> None:
-    result = prepare()
+    result = prepare(state_host)
     assert result["changed"] is True
     layout = result["layout"]
     assert state_host.read_json(f"{RUN_DIR}/layout.json") == layout
@@ -400,7 +419,7 @@ def test_prepare_first_run_and_again(state_host: FakeHost) -> None:
     assert state_host.path("/proc/sys/kernel/hung_task_timeout_secs").read_text() == "10\n"
     assert result["hung_task_timeout"] == {"before": 120, "now": 10, "lowered": True, "why": None}
 
-    again = prepare()
+    again = prepare(state_host)
     assert again["changed"] is False
     assert again["layout"] == layout
     assert again["hung_task_timeout"] == {"before": 120, "now": 10, "lowered": True, "why": None}
@@ -409,10 +428,10 @@ def test_prepare_first_run_and_again(state_host: FakeHost) -> None:
 
 
 def test_prepare_in_a_new_boot_writes_the_marker_again(state_host: FakeHost) -> None:
-    prepare()
+    prepare(state_host)
     state_host.write("/proc/sys/kernel/random/boot_id", OTHER_BOOT_ID + "\n")
     state_host.write("/proc/sys/kernel/hung_task_timeout_secs", "120\n")
-    result = prepare()
+    result = prepare(state_host)
     assert result["changed"] is True
     assert state_host.read_json(LESSON_MARKER_PATH)["boot_id"] == OTHER_BOOT_ID
     assert state_host.read_json(f"{RUN_DIR}/settings-before.json")["boot_id"] == OTHER_BOOT_ID
@@ -421,18 +440,18 @@ def test_prepare_in_a_new_boot_writes_the_marker_again(state_host: FakeHost) -> 
 
 def test_prepare_leaves_the_timeout_alone_when_it_would_panic(state_host: FakeHost) -> None:
     state_host.write("/proc/sys/kernel/hung_task_panic", "1\n")
-    result = prepare()
+    result = prepare(state_host)
     assert result["changed"] is True  # the layout and the marker
     hung = result["hung_task_timeout"]
     assert (hung["before"], hung["now"], hung["lowered"]) == (120, 120, False)
     assert hung["why"].startswith("kernel.hung_task_panic is 1")
     assert state_host.path("/proc/sys/kernel/hung_task_timeout_secs").read_text() == "120\n"
     assert not state_host.path(f"{RUN_DIR}/settings-before.json").exists()
-    assert prepare()["changed"] is False
+    assert prepare(state_host)["changed"] is False
 
 
 def test_prepare_with_hung_task_timeout_0(state_host: FakeHost) -> None:
-    result = prepare(hung_task_timeout=0)
+    result = prepare(state_host, hung_task_timeout=0)
     assert result["hung_task_timeout"] == {
         "before": 120,
         "now": 120,
@@ -445,7 +464,7 @@ def test_prepare_with_hung_task_timeout_0(state_host: FakeHost) -> None:
 
 def test_prepare_without_a_hung_task_detector(state_host: FakeHost) -> None:
     state_host.path("/proc/sys/kernel/hung_task_timeout_secs").unlink()
-    hung = prepare()["hung_task_timeout"]
+    hung = prepare(state_host)["hung_task_timeout"]
     assert (hung["before"], hung["lowered"]) == (None, False)
     assert "this kernel has no hung-task detector" in hung["why"]
     assert not state_host.path("/proc/sys/kernel/hung_task_timeout_secs").exists()
@@ -454,8 +473,8 @@ def test_prepare_without_a_hung_task_detector(state_host: FakeHost) -> None:
 def test_prepare_module_not_loaded(state_host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
     state_host.rmmod()
     with pytest.raises(ValueError, match="cannot record where chardev lives: chardev is not loaded"):
-        prepare()
-    result = run_module(chardev_crash_state, {"operation": "prepare"}, capsys)
+        prepare(state_host)
+    result = run_module(chardev_crash_state, {"operation": "prepare"}, capsys, state_host.system())
     assert result["failed"] is True
     assert "chardev is not loaded" in result["msg"]
     assert not state_host.path(f"{RUN_DIR}/layout.json").exists()
@@ -466,7 +485,12 @@ def test_prepare_in_check_mode_writes_nothing(
     state_host: FakeHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = sorted(str(path) for path in state_host.root.rglob("*"))
-    result = run_module(chardev_crash_state, {"operation": "prepare", "_ansible_check_mode": True}, capsys)
+    result = run_module(
+        chardev_crash_state,
+        {"operation": "prepare", "_ansible_check_mode": True},
+        capsys,
+        state_host.system(),
+    )
     assert result["changed"] is True
     assert result["hung_task_timeout"] == {"before": 120, "now": 10, "lowered": True, "why": None}
     assert sorted(str(path) for path in state_host.root.rglob("*")) == before

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_guard
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     FakeHost,
+    FakeSystem,
     capture_warnings,
     run_module,
 )
@@ -102,7 +104,7 @@ def params(**overrides: Any) -> dict[str, Any]:
 def guard(
     host: GuardHost, environ: dict[str, str] | None = None, check_mode: bool = False, **overrides: Any
 ) -> dict[str, Any]:
-    return chardev_guard.run(params(**overrides), check_mode, root=host.root, environ=environ or {})
+    return chardev_guard.run(params(**overrides), check_mode, FakeSystem(host.root), environ=environ or {})
 
 
 def reasons(result: dict[str, Any]) -> list[str]:
@@ -477,16 +479,16 @@ def test_connection_kind(connection: str, kind: str) -> None:
 
 
 def test_read_file_reports_why(host: GuardHost) -> None:
-    assert chardev_guard.read_file(host.root, "/nope").error == "missing"
+    assert chardev_guard.read_file(FakeSystem(host.root), "/nope").error == "missing"
     host.deny("/etc/machine-id")
-    assert chardev_guard.read_file(host.root, "/etc/machine-id").error == "permission denied"
-    assert chardev_guard.read_file(host.root, "/proc/1/environ").text == PID1_ENVIRON_HOST
+    assert chardev_guard.read_file(FakeSystem(host.root), "/etc/machine-id").error == "permission denied"
+    assert chardev_guard.read_file(FakeSystem(host.root), "/proc/1/environ").text == PID1_ENVIRON_HOST
 
 
 def test_this_machine_is_refused_as_the_control_node() -> None:
     """The real readers on the real /: this machine, compared with itself, is the control node."""
     boot_id = Path(chardev_guard.BOOT_ID).read_text().strip()
-    result = chardev_guard.run(params(controller_boot_id=boot_id, allow_container=True), False)
+    result = chardev_guard.run(params(controller_boot_id=boot_id, allow_container=True), False, System())
     assert result["boot_id"] == boot_id
     assert_refused(result, "control_node", boot_id)
 
@@ -497,8 +499,8 @@ def test_this_machine_is_refused_as_the_control_node() -> None:
 def run_main(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, host: GuardHost, **args: Any
 ) -> dict[str, Any]:
-    monkeypatch.setattr(chardev_guard, "run", partial(chardev_guard.run, root=host.root, environ={}))
-    return run_module(chardev_guard, params(**args), capsys)
+    monkeypatch.setattr(chardev_guard, "run", partial(chardev_guard.run, environ={}))
+    return run_module(chardev_guard, params(**args), capsys, FakeSystem(host.root))
 
 
 def test_main_fails_with_the_evidence(

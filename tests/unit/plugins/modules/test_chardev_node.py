@@ -25,7 +25,7 @@ from ansible_collections.chardev_lab.lab.plugins.modules.chardev_node import (
     Wanted,
 )
 from ansible_collections.chardev_lab.lab.tests.unit.plugins import fakes
-from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import kernel_text
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import FakeSystem, kernel_text
 
 # /proc/devices of a Debian 12 QEMU guest (virtio disk, no GPU) with the chardev module loaded.
 # The block section also lists a block driver called "chardev", which must be ignored.
@@ -253,6 +253,7 @@ class FakeDevFS:
 
     def __init__(self) -> None:
         self.rdev: dict[str, int] = {}
+        self.system: FakeSystem | None = None
 
     def make_char_node(self, path: str, mode: int, major: int, minor: int) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
@@ -290,16 +291,22 @@ MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
 @pytest.fixture
-def proc_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "proc-devices"
+def proc_devices(tmp_path: Path) -> Path:
+    """/proc/devices of the FakeSystem rooted at tmp_path/host (system_of() gives that system)."""
+    path = tmp_path / "host" / "proc" / "devices"
+    path.parent.mkdir(parents=True)
     path.write_text(PROC_DEVICES_LOADED, encoding="utf-8")
-    monkeypatch.setattr(chardev_node, "PROC_DEVICES", str(path))
     return path
+
+
+def system_of(proc_devices: Path) -> FakeSystem:
+    return FakeSystem(proc_devices.parents[1])
 
 
 @pytest.fixture
 def devfs(monkeypatch: pytest.MonkeyPatch, proc_devices: Path) -> FakeDevFS:
     fake = FakeDevFS()
+    fake.system = system_of(proc_devices)
     monkeypatch.setattr(chardev_node, "make_char_node", fake.make_char_node)
     monkeypatch.setattr(chardev_node, "lstat_node", fake.lstat_node)
     monkeypatch.setattr(chardev_node, "remove_node", fake.remove_node)
@@ -311,18 +318,23 @@ def node_path(tmp_path: Path) -> str:
     return str(tmp_path / "chardev")
 
 
-def run_module(capsys: pytest.CaptureFixture[str], check_mode: bool = False, **args: Any) -> dict[str, Any]:
+def run_module(
+    capsys: pytest.CaptureFixture[str],
+    check_mode: bool = False,
+    system: FakeSystem | None = None,
+    **args: Any,
+) -> dict[str, Any]:
     args.setdefault("owner", ME)
     args.setdefault("group", MY_GROUP)
     if check_mode:
         args["_ansible_check_mode"] = True
-    return fakes.run_module(chardev_node, args, capsys)
+    return fakes.run_module(chardev_node, args, capsys, system)
 
 
 def test_module_creates_node_then_is_idempotent(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(capsys, path=node_path)
+    result = run_module(capsys, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["mknod", "chown", "chmod"]
     assert {k: result[k] for k in ("path", "major", "minor", "mode", "owner", "group")} == {
@@ -342,7 +354,7 @@ def test_module_creates_node_then_is_idempotent(
     assert devfs.numbers(node_path) == (240, 0)
     assert stat.S_IMODE(os.stat(node_path).st_mode) == 0o644  # set despite the umask
 
-    again = run_module(capsys, path=node_path)
+    again = run_module(capsys, path=node_path, system=devfs.system)
     assert again["changed"] is False
     assert again["actions"] == []
     assert again["diff"]["before"] == again["diff"]["after"]
@@ -352,7 +364,7 @@ def test_module_replaces_stale_node(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     devfs.make_char_node(node_path, 0o644, 241, 0)  # left from an earlier load
-    result = run_module(capsys, path=node_path)
+    result = run_module(capsys, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove", "mknod", "chown", "chmod"]
     assert result["diff"]["before"]["major"] == 241
@@ -363,7 +375,7 @@ def test_module_replaces_stale_node(
 def test_module_fixes_mode(devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     devfs.make_char_node(node_path, 0o600, 240, 0)
     os.chmod(node_path, 0o600)
-    result = run_module(capsys, path=node_path, mode="0644")
+    result = run_module(capsys, path=node_path, mode="0644", system=devfs.system)
     assert result["actions"] == ["chmod"]
     assert result["diff"]["before"]["mode"] == "0600"
     assert stat.S_IMODE(os.stat(node_path).st_mode) == 0o644
@@ -372,7 +384,7 @@ def test_module_fixes_mode(devfs: FakeDevFS, node_path: str, capsys: pytest.Capt
 def test_module_accepts_integer_mode(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(capsys, path=node_path, mode=0o640)  # unquoted YAML 0640
+    result = run_module(capsys, path=node_path, mode=0o640, system=devfs.system)  # unquoted YAML 0640
     assert result["mode"] == "0640"
     assert stat.S_IMODE(os.stat(node_path).st_mode) == 0o640
 
@@ -380,7 +392,7 @@ def test_module_accepts_integer_mode(
 def test_module_check_mode_changes_nothing(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(capsys, check_mode=True, path=node_path)
+    result = run_module(capsys, check_mode=True, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["mknod", "chown", "chmod"]
     assert result["major"] == 240
@@ -388,12 +400,12 @@ def test_module_check_mode_changes_nothing(
     assert not os.path.lexists(node_path)
 
     devfs.make_char_node(node_path, 0o644, 241, 0)
-    result = run_module(capsys, check_mode=True, path=node_path)
+    result = run_module(capsys, check_mode=True, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove", "mknod", "chown", "chmod"]
     assert devfs.numbers(node_path) == (241, 0)
 
-    result = run_module(capsys, check_mode=True, path=node_path, state="absent")
+    result = run_module(capsys, check_mode=True, path=node_path, state="absent", system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove"]
     assert result["major"] == 241
@@ -406,7 +418,7 @@ def test_module_check_mode_reports_the_mode_it_would_set(
 ) -> None:
     devfs.make_char_node(node_path, 0o600, 240, 0)
     os.chmod(node_path, 0o600)
-    result = run_module(capsys, check_mode=True, path=node_path, mode="0644")
+    result = run_module(capsys, check_mode=True, path=node_path, mode="0644", system=devfs.system)
     assert result["actions"] == ["chmod"]
     assert result["mode"] == "0644"
     assert result["diff"]["before"]["mode"] == "0600"
@@ -417,9 +429,9 @@ def test_module_fails_when_not_loaded(
     devfs: FakeDevFS, proc_devices: Path, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     proc_devices.write_text(PROC_DEVICES_UNLOADED, encoding="utf-8")
-    result = run_module(capsys, path=node_path)
+    result = run_module(capsys, path=node_path, system=devfs.system)
     assert result["failed"] is True
-    assert result["msg"] == f"chardev is not registered in {proc_devices}: load the module first"
+    assert result["msg"] == "chardev is not registered in /proc/devices: load the module first"
     assert not os.path.lexists(node_path)
 
 
@@ -428,7 +440,7 @@ def test_module_never_overwrites_a_regular_file(
 ) -> None:
     Path(node_path).write_text("precious\n", encoding="utf-8")
     for state in ("present", "absent"):
-        result = run_module(capsys, path=node_path, state=state)
+        result = run_module(capsys, path=node_path, state=state, system=devfs.system)
         assert result["failed"] is True
         assert "is a regular file, not a character device" in result["msg"]
         assert Path(node_path).read_text(encoding="utf-8") == "precious\n"
@@ -440,7 +452,7 @@ def test_module_never_touches_a_directory(
     os.mkdir(node_path)
     Path(node_path, "keep").write_text("x", encoding="utf-8")
     for state in ("present", "absent"):
-        result = run_module(capsys, path=node_path, state=state)
+        result = run_module(capsys, path=node_path, state=state, system=devfs.system)
         assert result["failed"] is True
         assert "is a directory" in result["msg"]
     assert os.listdir(node_path) == ["keep"]
@@ -452,7 +464,7 @@ def test_module_does_not_follow_symlinks(
     target = str(tmp_path / "real-node")
     devfs.make_char_node(target, 0o644, 240, 0)
     os.symlink(target, node_path)
-    result = run_module(capsys, path=node_path, state="absent")
+    result = run_module(capsys, path=node_path, state="absent", system=devfs.system)
     assert result["failed"] is True
     assert "is a symbolic link" in result["msg"]
     assert os.path.islink(node_path)
@@ -461,16 +473,17 @@ def test_module_does_not_follow_symlinks(
 def test_module_absent_removes_node_without_proc_devices(
     devfs: FakeDevFS, monkeypatch: pytest.MonkeyPatch, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(chardev_node, "PROC_DEVICES", "/nonexistent/devices")  # module already unloaded
+    assert devfs.system is not None
+    Path(devfs.system.path("/proc/devices")).unlink()  # module already unloaded
     devfs.make_char_node(node_path, 0o644, 241, 0)
-    result = run_module(capsys, path=node_path, state="absent")
+    result = run_module(capsys, path=node_path, state="absent", system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove"]
     assert (result["major"], result["minor"]) == (241, 0)
     assert result["diff"]["after"] == {"path": node_path, "kind": "absent"}
     assert not os.path.lexists(node_path)
 
-    again = run_module(capsys, path=node_path, state="absent")
+    again = run_module(capsys, path=node_path, state="absent", system=devfs.system)
     assert again["changed"] is False
     assert again["major"] is None
 
@@ -478,13 +491,13 @@ def test_module_absent_removes_node_without_proc_devices(
 def test_module_rejects_unknown_owner(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(capsys, path=node_path, owner="no-such-user-chardev-lab")
+    result = run_module(capsys, path=node_path, owner="no-such-user-chardev-lab", system=devfs.system)
     assert result["failed"] is True
     assert "owner 'no-such-user-chardev-lab' does not exist" in result["msg"]
 
 
 def test_module_rejects_relative_path(devfs: FakeDevFS, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_module(capsys, path="chardev")
+    result = run_module(capsys, path="chardev", system=devfs.system)
     assert result["failed"] is True
     assert "path must be absolute" in result["msg"]
 
@@ -492,7 +505,7 @@ def test_module_rejects_relative_path(devfs: FakeDevFS, capsys: pytest.CaptureFi
 def test_module_rejects_bad_mode(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = run_module(capsys, path=node_path, mode="u=rw")
+    result = run_module(capsys, path=node_path, mode="u=rw", system=devfs.system)
     assert result["failed"] is True
     assert "mode must be an octal string" in result["msg"]
     assert not os.path.lexists(node_path)
@@ -515,7 +528,16 @@ def test_module_real_mknod_as_root(
     proc_devices: Path, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Only creates the node (1, 3 are /dev/null's numbers, listed as "mem"); never opens it.
-    result = run_module(capsys, path=node_path, name="mem", minor=3, mode="0600", owner="root", group="root")
+    result = run_module(
+        capsys,
+        path=node_path,
+        name="mem",
+        minor=3,
+        mode="0600",
+        owner="root",
+        group="root",
+        system=system_of(proc_devices),
+    )
     assert result["changed"] is True
     st = os.lstat(node_path)
     assert stat.S_ISCHR(st.st_mode)
@@ -523,6 +545,13 @@ def test_module_real_mknod_as_root(
     assert stat.S_IMODE(st.st_mode) == 0o600
     assert (st.st_uid, st.st_gid) == (0, 0)
 
-    assert run_module(capsys, path=node_path, name="mem", minor=3, mode="0600")["changed"] is False
-    assert run_module(capsys, path=node_path, state="absent")["changed"] is True
+    assert (
+        run_module(capsys, path=node_path, name="mem", minor=3, mode="0600", system=system_of(proc_devices))[
+            "changed"
+        ]
+        is False
+    )
+    assert (
+        run_module(capsys, path=node_path, state="absent", system=system_of(proc_devices))["changed"] is True
+    )
     assert not os.path.lexists(node_path)

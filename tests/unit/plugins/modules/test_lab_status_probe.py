@@ -220,9 +220,8 @@ def test_judge_node_kinds() -> None:
 def test_module_main_on_a_fake_tree(
     ready: StatusHost, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(lab_status_probe, "ROOT", str(ready.root))
     monkeypatch.setattr(lab_status_probe, "LSTAT", ready.lstat)
-    result = run_module(lab_status_probe, {"_ansible_check_mode": True}, capsys)
+    result = run_module(lab_status_probe, {"_ansible_check_mode": True}, capsys, ready.system())
     assert result["changed"] is False and "failed" not in result
     assert result["variant"] == "safe" and result["node_ok"] is True
 

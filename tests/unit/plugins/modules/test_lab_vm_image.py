@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_vm_image
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     FakeStatvfs,
@@ -406,18 +407,18 @@ def test_second_run_waits_for_the_first_build_and_reuses_its_image(
     tools = FakeTools(hold=True)
     monkeypatch.setattr(lab_vm_image, "run_logged", tools)
     p = params(cache)
-    first, first_out = in_thread(lab_vm_image.run, p, False)
+    first, first_out = in_thread(lab_vm_image.run, p, False, System())
     assert tools.started.wait(5)
 
     # The plan (check mode) sees the build in progress instead of planning a second one.
-    plan = lab_vm_image.run(p, True)
+    plan = lab_vm_image.run(p, True, System())
     assert plan["changed"] is True
     assert plan["building"]["pid"] == os.getpid()
     assert plan["building"]["running"] is True
     assert plan["building"]["log"] == str(cache / f"{key_of(p)}.log")
     assert plan["building"]["since"]
 
-    second, second_out = in_thread(lab_vm_image.run, p, False)
+    second, second_out = in_thread(lab_vm_image.run, p, False, System())
     time.sleep(0.2)
     assert second.is_alive(), second_out  # waiting for the lock, not building
     assert tools.builds() == 1
@@ -434,7 +435,7 @@ def test_second_run_waits_for_the_first_build_and_reuses_its_image(
     key = key_of(p)
     assert sorted(x.name for x in cache.iterdir()) == sorted([key, f"{key}.lock", f"{key}.log"])
     # Nobody holds the lock any more: the plan sees the image.
-    assert lab_vm_image.run(p, True)["changed"] is False
+    assert lab_vm_image.run(p, True, System())["changed"] is False
 
 
 def test_the_wait_is_bounded_and_names_the_holder(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -447,7 +448,7 @@ def test_the_wait_is_bounded_and_names_the_holder(cache: Path, monkeypatch: pyte
     holder.acquire(0, "/somewhere/holder.log")
     try:
         with pytest.raises(lab_vm_image.ImageError) as raised:
-            lab_vm_image.run(p, False)
+            lab_vm_image.run(p, False, System())
     finally:
         holder.release()
     msg = str(raised.value)
@@ -459,7 +460,7 @@ def test_the_wait_is_bounded_and_names_the_holder(cache: Path, monkeypatch: pyte
 
 
 def test_plan_in_an_empty_cache_creates_nothing(cache: Path) -> None:
-    plan = lab_vm_image.run(params(cache), True)
+    plan = lab_vm_image.run(params(cache), True, System())
     assert plan["changed"] is True
     assert plan["building"] == {}
     assert not cache.exists()
@@ -632,7 +633,7 @@ def test_a_new_build_cleans_up_after_a_killed_one(cache: Path, monkeypatch: pyte
     (stale / "rootfs/etc").mkdir(parents=True)
     (cache / f"{key}.lock").write_text(json.dumps({"pid": DEAD, "since": "2026-11-26T10:00:00", "log": ""}))
 
-    result = lab_vm_image.run(p, False)
+    result = lab_vm_image.run(p, False, System())
 
     assert result["changed"] is True
     assert not stale.exists()
@@ -666,7 +667,7 @@ def test_not_enough_free_space_is_refused_before_the_build(
     monkeypatch.setattr(lab_vm_image, "run_logged", tools)
     monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: FakeStatvfs(1 << 30))
     with pytest.raises(lab_vm_image.ImageError) as raised:
-        lab_vm_image.run(params(cache), False)
+        lab_vm_image.run(params(cache), False, System())
     msg = str(raised.value)
     assert msg.startswith(f"not enough free space to build the VM image: {cache} has 1.0 GiB free")
     assert "needs about 3.0 GiB" in msg
@@ -710,7 +711,7 @@ def test_a_failed_build_reports_the_free_space_at_the_failure(
     monkeypatch.setattr(lab_vm_image.os, "statvfs", lambda path: FakeStatvfs(8 << 20))
     p = params(cache)
     with pytest.raises(lab_vm_image.BuildError) as raised:
-        lab_vm_image.run(p, False)
+        lab_vm_image.run(p, False, System())
     assert raised.value.free_bytes == 8 << 20
     msg = lab_vm_image.failure_message(raised.value, str(cache / f"{key_of(p)}.log"))
     assert msg.startswith("the control node's disk is full")
@@ -727,7 +728,7 @@ def test_cache_dir_under_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(lab_vm_image, "require_build_tools", lambda: None)
     (tmp_path / "file").write_text("")
     with pytest.raises(lab_vm_image.ImageError) as raised:
-        lab_vm_image.run(params(tmp_path / "file/cache"), False)
+        lab_vm_image.run(params(tmp_path / "file/cache"), False, System())
     msg = str(raised.value)
     assert msg.startswith(f"creating the image cache {tmp_path}/file/cache failed: Not a directory")
     assert "fix lab_vm_cache_dir" in msg
@@ -741,7 +742,7 @@ def test_disk_full_while_copying_the_kernel(cache: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(lab_vm_image, "copy_file", full)
     with pytest.raises(lab_vm_image.ImageError) as raised:
-        lab_vm_image.run(params(cache), False)
+        lab_vm_image.run(params(cache), False, System())
     msg = str(raised.value)
     assert msg.startswith("copying the kernel and initrd into ")
     assert "failed: No space left on device (" in msg and "/vmlinuz)" in msg

@@ -1,0 +1,72 @@
+# Copyright: chardev-lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The system a module works on, as one small object that tests can fake.
+
+Every module has the same shape: ``run(params, check_mode, system) -> dict``, a function of its parameters
+and of this interface, and a short ``main()`` that builds the real one (``System(module)``) and turns the
+result or the module's error into exit_json or fail_json. Tests pass a fake (tests/unit/plugins/fakes.py:
+FakeSystem, whose root is a directory tree and whose commands are scripted).
+
+Runs on the managed node (Python 3.9 and later): stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+
+class System:
+    """The host below ``root`` ("/" on a real system) and the commands run on it.
+
+    module: the AnsibleModule, when there is one: commands go through its run_command (with its
+    environment, logging and check_rc handling) and warnings through its warn().
+    """
+
+    def __init__(self, module: Any = None, root: str = "/") -> None:
+        self.module = module
+        self.root = root
+
+    def path(self, path: str) -> str:
+        """An absolute target path below root (the path itself when root is "/")."""
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def read_text(self, path: str, default: str | None = None) -> str | None:
+        """The text of a target file (undecodable bytes replaced), or default when it cannot be read."""
+        try:
+            with open(self.path(path), "rb") as handle:
+                return handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return default
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self.path(path))
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(self.path(path))
+
+    def isfile(self, path: str) -> bool:
+        return os.path.isfile(self.path(path))
+
+    def run(self, argv: Sequence[str], check_rc: bool = False, **kwargs: Any) -> tuple[int, str, str]:
+        """Run a command: (rc, stdout, stderr). Through the module's run_command when there is a module
+        (check_rc=True fails the task there); else subprocess, without a shell."""
+        if self.module is not None:
+            return self.module.run_command(list(argv), check_rc=check_rc, **kwargs)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, check=check_rc)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def which(self, name: str) -> str | None:
+        """The full path of a program (the module's get_bin_path, which also looks in the sbin
+        directories), or None."""
+        if self.module is not None:
+            return self.module.get_bin_path(name)
+        return shutil.which(name)
+
+    def warn(self, message: str) -> None:
+        """A warning for the task's result."""
+        if self.module is not None:
+            self.module.warn(message)
