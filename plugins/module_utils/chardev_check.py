@@ -9,7 +9,7 @@ code finds what happened from the kernel alone:
 * the stuck tasks: every user task in D or X in /proc (kernel threads are never a victim);
 * the oops: its task (``PID: N Comm: X``) ties it to a stuck task, the victim; a task in D waiting on
   the pipe's mutex (``pipe_read``) beside it is the reader of a splice, and makes the mode "splice";
-* the expectation for the kernel and mode (chardev_crash.expected_outcome), compared as for the lab's
+* the expectation for the kernel and mode (chardev_outcomes.expected_outcome), compared as for the lab's
   own crash; the fault explained against the module's layout recorded while it was loaded;
 * and, when there is no crash, what went wrong: the module is still loaded (the safe or classic variant
   refuses the unload while the file is open: the lesson's point, or the crash variant was never
@@ -26,22 +26,28 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
-    PF_KTHREAD,
-    ROLE_READER,
-    ROLE_VICTIM,
-    TAINT_DIE,
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
+    parse_kernel_log,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_outcomes import (
     compare,
     diagnostics_markers,
     expected_outcome,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    PF_KTHREAD,
+    ROLE_READER,
+    ROLE_VICTIM,
     parse_cmdline,
-    parse_kernel_log,
     parse_stack,
     parse_wchan,
     proc_path,
     read_optional,
     read_optional_bytes,
     read_task_state,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    TAINT_DIE,
 )
 
 #: The verdicts, in the order a student meets them.

@@ -31,10 +31,11 @@ from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     RECURSIVE_FAULT_MARKER,
     strip_log_prefix,
 )
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 #: The struct type of the module's data symbols that the kernel dereferences. The module is built out of
 #: tree without BTF of its own (no CONFIG_DEBUG_INFO_BTF_MODULES pass over it), so nothing on the node
@@ -114,10 +115,6 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _under(root: str, path: str) -> str:
-    return os.path.join(root, path.lstrip("/"))
-
-
 def capture_layout(root: str = "/", module: str = "chardev") -> dict[str, Any]:
     """Where the loaded module lives, as a JSON-serialisable record (call it before ``rmmod``).
 
@@ -126,11 +123,11 @@ def capture_layout(root: str = "/", module: str = "chardev") -> dict[str, Any]:
     ``readable`` is False when no address could be read (module not loaded, not root, kptr_restrict);
     ``reason`` then says why, and also names a partial loss (sections readable but kallsyms zeroed).
     """
-    boot_id = _read_text(_under(root, "/proc/sys/kernel/random/boot_id"))
-    kernel = _read_text(_under(root, "/proc/sys/kernel/osrelease"))
+    boot_id = _read_text(System(root=root).path("/proc/sys/kernel/random/boot_id"))
+    kernel = _read_text(System(root=root).path("/proc/sys/kernel/osrelease"))
     problems = []
 
-    sections_dir = _under(root, f"/sys/module/{module}/sections")
+    sections_dir = System(root=root).path(f"/sys/module/{module}/sections")
     raw_sections: dict[str, str] = {}
     try:
         names = sorted(os.listdir(sections_dir))
@@ -153,7 +150,7 @@ def capture_layout(root: str = "/", module: str = "chardev") -> dict[str, Any]:
     if raw_sections and not sections:
         problems.append("the section addresses read as zero (not root, or kptr_restrict)")
 
-    kallsyms = _read_text(_under(root, "/proc/kallsyms"))
+    kallsyms = _read_text(System(root=root).path("/proc/kallsyms"))
     symbols: list[dict[str, Any]] = []
     if kallsyms is None:
         problems.append("cannot read /proc/kallsyms")

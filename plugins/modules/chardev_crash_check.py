@@ -123,21 +123,27 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_check impo
     scan_tasks,
     tie,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
-    RECORD_CRASHED,
-    crash_state,
-    decode_taint,
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     kernel_diagnostics,
     parse_kernel_log,
-    read_json,
     read_kernel_log_lines,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
     read_optional,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
+    RECORD_CRASHED,
+    crash_state,
+    read_json,
     run_files,
-    taint_letters,
     utc_now,
     write_json,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    decode_taint,
+    taint_letters,
+)
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH, RUN_DIR
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 

@@ -357,26 +357,34 @@ from collections.abc import Callable
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
-    MODES,
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import BTF_PATH, explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
+    kernel_diagnostics,
+    parse_kernel_log,
+    read_kernel_log_lines,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_outcomes import (
     compare,
-    decode_taint,
     diagnostics_markers,
     expected_outcome,
-    gather_tasks,
-    kernel_diagnostics,
     observed_from,
-    parse_kernel_log,
-    parse_oops_count,
-    parse_tainted,
-    pidfiles_for,
-    read_kernel_log_lines,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    MODES,
+    gather_tasks,
     read_optional,
-    run_files,
-    taint_letters,
     task_to_dict,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import BTF_PATH, explain_log
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
+    pidfiles_for,
+    run_files,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    decode_taint,
+    parse_oops_count,
+    parse_tainted,
+    taint_letters,
+)
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import RUN_DIR
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 

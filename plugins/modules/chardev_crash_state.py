@@ -180,26 +180,33 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import capture_layout
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     HUNG_TASK_PANIC_FILE,
     HUNG_TASK_TIMEOUT_FILE,
-    RECORD_CRASHED,
-    RECORD_UNLOADING,
+    read_kernel_log_lines,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
     ROLE_READER,
     ROLE_VICTIM,
-    TAINT_BASELINE_PATH,
-    crash_state,
     gather_tasks,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
+    RECORD_CRASHED,
+    RECORD_UNLOADING,
+    crash_state,
     pidfiles_for,
     read_json,
-    read_kernel_log_lines,
     run_files,
     taint_baseline_entry,
     utc_now,
     write_json,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_fault import capture_layout
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH, RUN_DIR
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    LESSON_MARKER_PATH,
+    RUN_DIR,
+    TAINT_BASELINE_PATH,
+)
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 KMSG_PATH = "/dev/kmsg"

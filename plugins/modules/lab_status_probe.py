@@ -234,22 +234,28 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
-    TAINT_BASELINE_PATH,
-    crash_state,
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
+    read_kernel_log_lines,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    parse_proc_devices,
     parse_wchan,
     proc_path,
-    read_kernel_log_lines,
     read_optional,
     read_task_state,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
+    crash_state,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
     taint_letters,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import parse_proc_devices
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     MODULES_DIR,
     PROC_DEVICES,
     RUN_DIR,
     SYSFS_MODULES,
+    TAINT_BASELINE_PATH,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 

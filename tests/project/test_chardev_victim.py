@@ -18,7 +18,7 @@ from typing import Any
 
 import chardev_victim
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_crash
+from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_proc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VICTIM = REPO_ROOT / "roles/chardev_crash/files/chardev_victim.py"
@@ -115,13 +115,13 @@ def live_pidfile_entry(path: Path, comm: str) -> int:
     text = path.read_text()
     assert text.endswith("\n") and len(text.split()) == 2, text
     pid, starttime = (int(field) for field in text.split())
-    assert chardev_crash.read_pidfile_entry(str(path)) == (pid, starttime)
-    assert chardev_crash.read_pidfile(str(path)) == pid
-    live = chardev_crash.read_task_state("/", pid)
+    assert chardev_proc.read_pidfile_entry(str(path)) == (pid, starttime)
+    assert chardev_proc.read_pidfile(str(path)) == pid
+    live = chardev_proc.read_task_state("/", pid)
     assert live is not None, f"pid {pid} is not running"
     assert live.starttime == starttime
     assert live.comm == comm
-    assert chardev_crash.identify(comm.removeprefix("chardev-"), live, starttime) == ("starttime", None)
+    assert chardev_proc.identify(comm.removeprefix("chardev-"), live, starttime) == ("starttime", None)
     return pid
 
 
@@ -131,7 +131,7 @@ def test_victim_pidfile_entry_is_pid_and_starttime() -> None:
     pid, starttime = (int(field) for field in entry.split())
     assert entry == f"{pid} {starttime}\n"
     assert pid == os.getpid()
-    me = chardev_crash.read_task_state("/", os.getpid())
+    me = chardev_proc.read_task_state("/", os.getpid())
     assert me is not None and me.starttime == starttime
 
 

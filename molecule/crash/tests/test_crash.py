@@ -17,16 +17,26 @@ from pathlib import Path
 
 import lesson_table  # tools/lesson_table.py: on the verifier's PYTHONPATH (.config/molecule/config.yml)
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
-    READER_WCHAN_PATTERNS,
-    RUN_DIR,
-    expected_outcome,
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     parse_kernel_log,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_outcomes import (
+    READER_WCHAN_PATTERNS,
+    expected_outcome,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
     parse_proc_stat,
     parse_stack,
     parse_wchan,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
     run_files,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
     taint_letters,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    RUN_DIR,
 )
 from fleet_status import by_host, check_page_matches, refresh_status
 from lab_testinfra import evidence, fleet_dir, phase, run_playbook

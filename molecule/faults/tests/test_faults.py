@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import taint_letters
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    taint_letters,
+)
 from lab_testinfra import evidence, fleet_dir, run_playbook
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])

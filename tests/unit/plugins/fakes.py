@@ -28,12 +28,14 @@ from typing import Any
 import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     HUNG_TASK_TIMEOUT_FILE,
-    RUN_DIR,
     SYSRQ_TRIGGER_FILE,
-    TAINT_BASELINE_PATH,
     kernel_diagnostics,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    RUN_DIR,
+    TAINT_BASELINE_PATH,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_status_probe

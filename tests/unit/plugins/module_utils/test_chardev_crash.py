@@ -1,4 +1,5 @@
-"""Unit tests for plugins/module_utils/chardev_crash.py: the crash evidence and the crash state.
+"""Unit tests for plugins/module_utils/chardev_{outcomes,proc,kernel_log,taint,record}.py (one
+chardev_crash.py before the split): the crash evidence and the crash state.
 
 * the expected outcome, the parsers of /proc and of the kernel log, taint, compare() and observed_from();
 * the gathering of the victim's tasks from a fake /proc tree (SIGKILL replaced by a fake);
@@ -31,42 +32,52 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_crash
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_kernel_log, chardev_proc
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     NOT_IN_D,
-    RUN_DIR,
-    TAINT_BASELINE_PATH,
-    TAINT_LAB,
     KernelLogEvidence,
-    TaskEvidence,
-    compare,
-    crash_state,
-    decode_taint,
-    diagnostics_markers,
-    expected_outcome,
-    gather_tasks,
     kernel_diagnostics,
-    observed_from,
-    parse_cmdline,
     parse_hung_task_reports,
     parse_kernel_log,
-    parse_kernel_release,
     parse_kmsg_records,
-    parse_oops_count,
-    parse_proc_stat,
-    parse_record,
-    parse_stack,
     parse_sysrq_blocked,
-    parse_taint_baseline,
-    parse_tainted,
-    parse_wchan,
-    pidfiles_for,
     read_kernel_log_lines,
     read_kmsg,
-    run_files,
     strip_log_prefix,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_outcomes import (
+    compare,
+    diagnostics_markers,
+    expected_outcome,
+    observed_from,
+    parse_kernel_release,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc import (
+    TaskEvidence,
+    gather_tasks,
+    parse_cmdline,
+    parse_proc_stat,
+    parse_stack,
+    parse_wchan,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
+    crash_state,
+    parse_record,
+    parse_taint_baseline,
+    pidfiles_for,
+    run_files,
     taint_baseline_entry,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    TAINT_LAB,
+    decode_taint,
+    parse_oops_count,
+    parse_tainted,
     taint_letters,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    RUN_DIR,
+    TAINT_BASELINE_PATH,
 )
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     BOOT_ID,
@@ -585,10 +596,10 @@ def test_hung_task_report_from_kmsg_records() -> None:
     """/dev/kmsg records carry neither timestamp nor priority in the text; the same report results."""
     records = [
         f"{3 if index < 3 else 6},{900 + index},{250123456 + index},-;"
-        f"{chardev_crash.strip_log_prefix(line)}\n"
+        f"{chardev_kernel_log.strip_log_prefix(line)}\n"
         for index, line in enumerate(HUNG_6_1_READER)
     ]
-    (report,) = parse_hung_task_reports(chardev_crash.parse_kmsg_records(records))
+    (report,) = parse_hung_task_reports(chardev_kernel_log.parse_kmsg_records(records))
     assert (report["pid"], report["stack"]) == (523, READER_STACK_6_1)
 
 
@@ -692,7 +703,7 @@ def test_sysrq_blocked_takes_the_last_dump() -> None:
     dump = parse_sysrq_blocked(early + between + SYSRQ_5_10)
     assert dump is not None
     assert [t["pid"] for t in dump["tasks"]] == [812, 813]
-    assert dump["lines"] == [chardev_crash.strip_log_prefix(line) for line in SYSRQ_5_10]
+    assert dump["lines"] == [chardev_kernel_log.strip_log_prefix(line) for line in SYSRQ_5_10]
     first_only = parse_sysrq_blocked(early + between)
     assert first_only is not None
     assert [t["pid"] for t in first_only["tasks"]] == [812]
@@ -782,7 +793,7 @@ def test_sysrq_blocked_is_bounded() -> None:
     ],
 )
 def test_task_dumps_task_line(line: str, comm: str, state: str, pid: int) -> None:
-    (dump,) = chardev_crash._task_dumps([line, "Call Trace:", " __schedule+0x351/0xa20"])
+    (dump,) = chardev_kernel_log._task_dumps([line, "Call Trace:", " __schedule+0x351/0xa20"])
     assert (dump["comm"], dump["state"], dump["pid"], dump["stack"]) == (comm, state, pid, ["__schedule"])
 
 
@@ -799,12 +810,12 @@ def test_task_dumps_frames_and_bounds() -> None:
         *[f" frame_{index}+0x10/0x20" for index in range(30)],
         " </TASK>",
     ]
-    (dump,) = chardev_crash._task_dumps(lines)
+    (dump,) = chardev_kernel_log._task_dumps(lines)
     assert dump["stack"][:3] == ["pipe_read", "chardev_read", "frame_0"]
     assert len(dump["stack"]) == 16
-    (short,) = chardev_crash._task_dumps(lines, max_frames=2)
+    (short,) = chardev_kernel_log._task_dumps(lines, max_frames=2)
     assert short["stack"] == ["pipe_read", "chardev_read"]
-    assert chardev_crash._task_dumps(["Call Trace:", " __schedule+0x351/0xa20"]) == []
+    assert chardev_kernel_log._task_dumps(["Call Trace:", " __schedule+0x351/0xa20"]) == []
 
 
 # --- gathering from a fake /proc ----------------------------------------------------------------------
@@ -958,7 +969,7 @@ def test_gather_tasks_old_pidfile_of_another_command_is_not_killed(
     assert fake.kills == []
     assert task.identity is None and task.state is None
     assert task.error == (
-        f"pid 845 is {comm!r}, not the {role} ({chardev_crash.ROLE_COMMS[role]!r}): the pid was reused"
+        f"pid 845 is {comm!r}, not the {role} ({chardev_proc.ROLE_COMMS[role]!r}): the pid was reused"
     )
 
 

@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_fault
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import RUN_DIR, taint_letters
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
+    taint_letters,
+)
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    RUN_DIR,
+)
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_crash_check, chardev_crash_state
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     OTHER_BOOT_ID,

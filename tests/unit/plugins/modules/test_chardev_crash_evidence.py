@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import (
+from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     NOT_IN_D,
     parse_kernel_log,
     parse_kmsg_records,

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_crash import RUN_DIR
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
+    LESSON_MARKER_PATH,
+    RUN_DIR,
+)
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_crash_state
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     BOOT_ID,
