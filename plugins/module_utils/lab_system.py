@@ -15,8 +15,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+
+class ModuleFailure(Exception):
+    """What a module's run() raises to fail the task: the message and the result's other keys (main()
+    passes them to fail_json)."""
+
+    def __init__(self, msg: str, **fields: Any) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.fields = fields
 
 
 class System:
@@ -70,3 +80,15 @@ class System:
         """A warning for the task's result."""
         if self.module is not None:
             self.module.warn(message)
+
+
+def execute(
+    module: Any, run: Callable[[dict[str, Any], bool, System], dict[str, Any]], system: System | None = None
+) -> None:
+    """The main() of a module whose run() fails with ModuleFailure: run it on the real system (or on the
+    one given, a fake in tests) and exit with its result."""
+    try:
+        result = run(module.params, module.check_mode, System(module) if system is None else system)
+    except ModuleFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
+    module.exit_json(**result)

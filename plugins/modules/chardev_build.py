@@ -236,7 +236,7 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     MODULES_DIR,
     SYSFS_MODULES,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
 
 SOURCES = ("chardev.c", "Makefile")
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
@@ -300,15 +300,6 @@ def copy_atomically(source: str, dest: str) -> None:
     os.replace(partial, dest)
 
 
-class ChardevBuildError(Exception):
-    """What fails the task: the message and the result's other keys."""
-
-    def __init__(self, msg: str, **fields: Any) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.fields = fields
-
-
 def import_build(system: System, data: str, dest: str, release: str) -> str:
     """Put another host's build into the cache at dest, atomically. Returns why it was refused, or ""."""
     try:
@@ -367,7 +358,7 @@ def modinfo_field(system: System, ko: str, field: str) -> str:
 
 
 def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
-    """Everything the module does, without AnsibleModule: the result, or ChardevBuildError."""
+    """Everything the module does, without AnsibleModule: the result, or ModuleFailure."""
     p = params
     release = p["kernel_release"] or os.uname().release
     name = p["name"]
@@ -376,7 +367,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
     stamp_file = f"{ko}.stamp"
     missing = [name for name in SOURCES if name not in p["sources"]]
     if missing:
-        raise ChardevBuildError(f"sources lacks {', '.join(missing)}")
+        raise ModuleFailure(f"sources lacks {', '.join(missing)}")
     sources = normalized_sources(p["sources"])
     written = sources_to_write(p["src"], sources)
     if written and not check_mode:
@@ -428,7 +419,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
     def compile_into_cache(variant: str) -> str:
         """kbuild the variant in src; its .ko goes to the cache. Returns the cached file."""
         if not os.path.isfile(os.path.join(kdir, "Makefile")):
-            raise ChardevBuildError(
+            raise ModuleFailure(
                 f"the kernel headers for {release} are missing ({kdir} has no Makefile): "
                 f"run the kernel_headers role first",
                 **result,
@@ -440,7 +431,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
         output = f"{out}\n{err}"
         if rc != 0:
             lines = compiler_lines(output) or output.strip().splitlines()[-15:]
-            raise ChardevBuildError(
+            raise ModuleFailure(
                 f"building the {variant} variant of {name}.ko for {release} failed:\n" + "\n".join(lines),
                 compiler_lines=lines,
                 **result,
@@ -491,12 +482,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
 
 
 def main(system: System | None = None) -> None:
-    module = make_module()
-    try:
-        result = run(module.params, module.check_mode, System(module) if system is None else system)
-    except ChardevBuildError as exc:
-        module.fail_json(msg=exc.msg, **exc.fields)
-    module.exit_json(**result)
+    execute(make_module(), run, system)
 
 
 if __name__ == "__main__":

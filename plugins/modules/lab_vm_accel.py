@@ -90,7 +90,7 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
 
 PANIC_MARKER = "Kernel panic"
 
@@ -170,24 +170,15 @@ def make_module() -> AnsibleModule:
     )
 
 
-class AccelError(Exception):
-    """What fails the task: the message and the result's other keys."""
-
-    def __init__(self, msg: str, **fields: Any) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.fields = fields
-
-
 def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
-    """Everything the module does, without AnsibleModule: the result, or AccelError."""
+    """Everything the module does, without AnsibleModule: the result, or ModuleFailure."""
     p = params
     result: dict[str, Any] = {"changed": False, "cached": False}
     if p["wanted"] == "tcg":
         return dict(accel="tcg", reason="lab_vm_accel is tcg", **result)
     if not kvm_usable_device(system.path("/dev/kvm")):
         if p["wanted"] == "kvm":
-            raise AccelError(
+            raise ModuleFailure(
                 "lab_vm_accel is kvm but /dev/kvm is missing or not accessible: load the kvm "
                 "module, add this user to the kvm group, or set lab_vm_accel: auto",
                 **result,
@@ -197,7 +188,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
         return dict(accel="kvm", reason="lab_vm_accel is kvm", **result)
     qemu = system.which(p["qemu"])
     if not qemu:
-        raise AccelError(f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
+        raise ModuleFailure(f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
     key = probe_key(qemu, p["kernel"])
     try:
         with open(p["cache_file"], encoding="utf-8") as handle:
@@ -215,12 +206,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
 
 
 def main(system: System | None = None) -> None:
-    module = make_module()
-    try:
-        result = run(module.params, module.check_mode, System(module) if system is None else system)
-    except AccelError as exc:
-        module.fail_json(msg=exc.msg, **exc.fields)
-    module.exit_json(**result)
+    execute(make_module(), run, system)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
 
 OVERLAY = "overlay.qcow2"
 PIDFILE = "qemu.pid"
@@ -1060,26 +1060,17 @@ def make_module() -> AnsibleModule:
     )
 
 
-class VmFailed(Exception):
-    """What fails the task: the message and the result's other keys."""
-
-    def __init__(self, msg: str, **fields: Any) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.fields = fields
-
-
 def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, Any]:
-    """Everything the module does, without AnsibleModule: the result, or VmFailed."""
+    """Everything the module does, without AnsibleModule: the result, or ModuleFailure."""
     vm = Vm(params, check_mode, system)
     try:
         vm.apply()
     except VmError as exc:
-        raise VmFailed(str(exc), actions=vm.actions, console_log=vm.path(CONSOLE)) from None
+        raise ModuleFailure(str(exc), actions=vm.actions, console_log=vm.path(CONSOLE)) from None
     except OSError as exc:
         # Anything doing() did not name: still an answer, not a traceback.
         where = f" ({exc.filename})" if exc.filename else ""
-        raise VmFailed(
+        raise ModuleFailure(
             f"{vm.p['name']}: {exc.strerror or exc}{where}; {advice(exc)}",
             actions=vm.actions,
             console_log=vm.path(CONSOLE),
@@ -1098,12 +1089,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
 
 
 def main(system: System | None = None) -> None:
-    module = make_module()
-    try:
-        result = run(module.params, module.check_mode, System(module) if system is None else system)
-    except VmFailed as exc:
-        module.fail_json(msg=exc.msg, **exc.fields)
-    module.exit_json(**result)
+    execute(make_module(), run, system)
 
 
 if __name__ == "__main__":
