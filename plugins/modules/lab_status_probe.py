@@ -80,7 +80,7 @@ seealso:
 EXAMPLES = r"""
 - name: Probe the lab host
   chardev_lab.lab.lab_status_probe:
-  register: __lab_status_probe
+  register: lab_status_probe_result
   ignore_unreachable: true
 
 - name: Probe a host whose device node lives elsewhere, looking for more stuck tasks

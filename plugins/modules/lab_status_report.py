@@ -84,9 +84,9 @@ EXAMPLES = r"""
   chardev_lab.lab.lab_status_report:
     hosts: "{{ groups['lab'] }}"
     probes: "{{ dict(groups['lab'] | zip(groups['lab'] | map('extract', hostvars)
-      | map(attribute='__lab_status_probe', default={}))) }}"
-    results_dir: "{{ playbook_dir }}/../.lab/results"
-    dest: "{{ playbook_dir }}/../.lab/status"
+      | map(attribute='lab_status_probe_result', default={}))) }}"
+    results_dir: "{{ lab_state_dir }}/results"
+    dest: "{{ lab_state_dir }}/status"
   register: __lab_status_report
   delegate_to: localhost
 

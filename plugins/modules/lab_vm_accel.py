@@ -60,7 +60,7 @@ EXAMPLES = r"""
 - name: Use KVM where a guest really boots with it
   chardev_lab.lab.lab_vm_accel:
     kernel: "{{ image.kernel }}"
-    cache_file: "{{ lab_vm_state_dir }}/accel.json"
+    cache_file: "{{ lab_state_dir }}/accel.json"
   register: accel
 """
 
@@ -85,7 +85,6 @@ cached:
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from typing import Any
 
@@ -137,24 +136,27 @@ def verdict_from_probe(returncode: int | None, console: str, timeout: int) -> tu
     return "tcg", f"KVM probe: QEMU exited with {returncode} before the kernel ran"
 
 
-def run_probe(qemu: str, kernel: str, timeout: int) -> tuple[str, str]:
+# coreutils' timeout: its exit status when the probe ran out of time (SIGTERM), and when QEMU ignored that
+# and was killed --kill-after seconds later (128 + SIGKILL).
+TIMED_OUT = (124, 137)
+
+
+def timed_probe_command(qemu: str, kernel: str, console: str, timeout: int) -> list[str]:
+    """The probe under coreutils' timeout: a guest that hangs under KVM (what the probe detects) is
+    stopped at the timeout, and killed 5 s later if QEMU does not exit."""
+    return ["timeout", "--kill-after=5", str(timeout), *probe_command(qemu, kernel, console)]
+
+
+def run_probe(system: System, qemu: str, kernel: str, timeout: int) -> tuple[str, str]:
     with tempfile.TemporaryDirectory(prefix="lab-vm-kvm-probe-") as tmp:
         console = os.path.join(tmp, "console.log")
-        proc = subprocess.Popen(
-            probe_command(qemu, kernel, console), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            rc: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
+        rc = system.run(timed_probe_command(qemu, kernel, console, timeout))[0]
         try:
             with open(console, encoding="utf-8", errors="replace") as handle:
                 text = handle.read()
         except OSError:
             text = ""
-    return verdict_from_probe(rc, text, timeout)
+    return verdict_from_probe(None if rc in TIMED_OUT else rc, text, timeout)
 
 
 def make_module() -> AnsibleModule:
@@ -197,7 +199,7 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
             return dict(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
     except (OSError, ValueError, KeyError):
         pass
-    accel, reason = run_probe(qemu, p["kernel"], p["timeout"])
+    accel, reason = run_probe(system, qemu, p["kernel"], p["timeout"])
     if not check_mode:
         os.makedirs(os.path.dirname(p["cache_file"]) or ".", exist_ok=True)
         with open(p["cache_file"], "w", encoding="utf-8") as handle:

@@ -5,7 +5,7 @@ steps from docs/lesson.md, each judged by playbooks/check.yml), reset (a fresh d
 tasks in the state the kernel predicts, unkillable, the oops in the kernel log, the fault explained and
 the kernel's own hung-task and SysRq w reports, each checked against the kernel's own files. Rewound:
 lab-ready on the same boot. Reset: a clean host. Expected states come from the one table in
-roles/chardev_crash/module_utils/chardev_crash.py."""
+plugins/module_utils/chardev_outcomes.py."""
 
 import json
 import os

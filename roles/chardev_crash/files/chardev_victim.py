@@ -10,7 +10,7 @@ splice mode: create a pipe, fork a reader that keeps touching the pipe, open the
              wait for the trigger, splice() the device into the pipe.
 
 After the module has been removed, the read() or splice() oopses in the kernel and this process never
-comes back: see kernel-facts.md and roles/chardev_crash/module_utils/chardev_crash.py for the states.
+comes back: see kernel-facts.md and plugins/module_utils/chardev_outcomes.py for the states.
 """
 
 from __future__ import annotations

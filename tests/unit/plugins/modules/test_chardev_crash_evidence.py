@@ -1,7 +1,8 @@
 """Unit tests for plugins/modules/chardev_crash_evidence.py, end to end through AnsibleModule and run():
 the evidence of a crashed host read from a fake /proc tree (SIGKILL, the clock and the kernel log
 replaced by fakes), with and without the kernel's own diagnostics (kernel_diagnostics, hung_task_wait).
-The parsers and the judging are tested with module_utils/chardev_crash.py."""
+The parsers and the judging (plugins/module_utils/) are tested in
+tests/unit/plugins/module_utils/test_chardev_crash.py."""
 
 from __future__ import annotations
 

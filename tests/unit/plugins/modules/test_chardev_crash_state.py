@@ -1,6 +1,7 @@
 """Unit tests for plugins/modules/chardev_crash_state.py: the crash state of a lab host end to end (read,
 mark, record, stop_leftover, the taint baseline) and operation=prepare (the layout of chardev, the lesson
-marker, the hung-task timeout). The crash state itself is tested with module_utils/chardev_crash.py.
+marker, the hung-task timeout). The crash state itself
+(plugins/module_utils/chardev_record.py) is tested in tests/unit/plugins/module_utils/test_chardev_crash.py.
 
 Everything runs against a fake tree under tmp_path (/proc, /sys, /run, /var). The kernel log is read from
 a /dev/kmsg path that does not exist with subprocess.run replaced, so this machine's /dev/kmsg is never

@@ -1,6 +1,6 @@
 """Unit tests for plugins/modules/lab_vm_accel.py: the verdict of the KVM probe from QEMU's exit and the
-kernel's console, the device check, the probe's command line, and the module with TCG asked for (no
-probe). Nothing here starts QEMU."""
+kernel's console, the device check, the probe's command line (under coreutils' timeout), the probe run
+through a scripted system, and the module with TCG asked for (no probe). Nothing here starts QEMU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_vm_accel
-from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import kernel_text, option, run_module
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
+    FakeSystem,
+    kernel_text,
+    option,
+    run_module,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # lab_vm_accel
@@ -63,3 +68,33 @@ def test_accel_tcg_skips_the_probe(tmp_path: Path, capsys: pytest.CaptureFixture
     result = run_module(lab_vm_accel, args, capsys)
     assert (result["accel"], result["changed"], result["cached"]) == ("tcg", False, False)
     assert not (tmp_path / "a.json").exists()
+
+
+def scripted_probe(rc: int, console: str) -> object:
+    """A runner that plays QEMU: it writes console into the probe's serial file and exits with rc."""
+
+    def runner(argv: list[str], **kwargs: object) -> tuple[int, str, str]:
+        serial = option(argv, "-serial")[0].removeprefix("file:")
+        Path(serial).write_text(console, encoding="utf-8")
+        return rc, "", ""
+
+    return runner
+
+
+@pytest.mark.parametrize(
+    ("rc", "console", "accel", "reason"),
+    [
+        (1, CONSOLE_PANIC, "kvm", "expected panic"),
+        (124, CONSOLE_EDD_HANG, "tcg", "no panic in 7 s"),
+        (137, "", "tcg", "no output in 7 s"),
+        (1, "", "tcg", "QEMU exited with 1"),
+    ],
+    ids=["panic", "timed-out", "killed", "early-exit"],
+)
+def test_run_probe(tmp_path: Path, rc: int, console: str, accel: str, reason: str) -> None:
+    system = FakeSystem(tmp_path, scripted_probe(rc, console))
+    got_accel, got_reason = lab_vm_accel.run_probe(system, "/usr/bin/qemu-system-x86_64", "/img/vmlinuz", 7)
+    assert (got_accel, reason in got_reason) == (accel, True), got_reason
+    (argv,) = system.commands
+    assert argv[:3] == ["timeout", "--kill-after=5", "7"]
+    assert argv[3:6] == ["/usr/bin/qemu-system-x86_64", "-accel", "kvm"]
