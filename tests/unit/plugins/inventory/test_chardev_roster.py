@@ -4,8 +4,11 @@ variables it makes, and the real ansible-inventory run on a roster."""
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -31,9 +34,34 @@ KEYS = {name: (ROSTERS / f"{name}.pub").read_text().strip() for name in ("alice"
 A, B, C, D = KEYS["alice"], KEYS["bob"], KEYS["carol"], KEYS["dave"]
 NO_PASSWD = cr.reserved_names("")
 
+# A control node "labhost" with the addresses 192.0.2.10 and 2001:db8::10, and its resolver: a roster's
+# hosts are checked against it without asking this machine's DNS.
+DNS = {
+    "pc-01.example.org": ["192.0.2.101"],
+    "pc-02.example.org": ["192.0.2.102", "2001:db8::102"],
+    "alias.example.org": ["192.0.2.101", "192.0.2.10"],
+    "v6alias.example.org": ["2001:db8:0:0::10"],
+    "lo.example.org": ["127.0.1.1"],
+    "mapped.example.org": ["::ffff:127.0.0.1"],
+    "zero.example.org": ["0.0.0.0"],
+}
+RESOLVED: list[str] = []
+
+
+def fake_resolve(name: str) -> list[str]:
+    RESOLVED.append(name)
+    return DNS.get(name.lower().rstrip("."), [])
+
+
+CONTROL = cr.ControlNode(
+    names=frozenset({"labhost", "labhost.example.org"}),
+    addresses=frozenset({ipaddress.ip_address("192.0.2.10"), ipaddress.ip_address("2001:db8::10")}),
+    resolve=fake_resolve,
+)
+
 
 def parse(text: str, fmt: str = "csv", source: str = "roster.csv") -> list[cr.Student]:
-    return cr.parse_roster(text, source, fmt, reserved=NO_PASSWD)
+    return cr.parse_roster(text, source, fmt, reserved=NO_PASSWD, control_node=CONTROL)
 
 
 def problems(text: str, fmt: str = "csv", source: str = "roster.csv") -> list[str]:
@@ -281,6 +309,357 @@ def test_unreadable_roster(tmp_path: Path) -> None:
     ]
 
 
+# --- hosts: what a host may be, and never the control node ---------------------------------------------
+
+CONTROL_NODE_HOSTS = {
+    "localhost": ("localhost", "localhost is the control node"),
+    "localhost any case": ("LocalHost.", "localhost is the control node"),
+    "under localhost": ("pc.localhost", "localhost is the control node"),
+    "localhost with a port": ("localhost:2222", "localhost is the control node"),
+    "127.0.0.1": ("127.0.0.1", "a loopback address"),
+    "127.0.1.1": ("127.0.1.1", "a loopback address"),
+    "127.0.0.2": ("127.0.0.2", "a loopback address"),
+    "127.255.255.254 with a port": ("127.255.255.254:22", "a loopback address"),
+    "::1": ("[::1]", "a loopback address"),
+    "::1 spelt long": ("[0:0:0:0:0:0:0:1]:2222", "a loopback address"),
+    "IPv4-mapped loopback": ("[::ffff:127.0.0.1]", "a loopback address"),
+    "0.0.0.0": ("0.0.0.0", "the unspecified address"),
+    "::": ("[::]", "the unspecified address"),
+    "this network": ("0.1.2.3", '"this network"'),
+    "host name": ("labhost", "this control node's own name"),
+    "FQDN any case": ("LabHost.Example.org.", "this control node's own name"),
+    "own IPv4 address": ("192.0.2.10", "an address of this control node"),
+    "own IPv6 address spelt otherwise": ("[2001:DB8:0::10]:22", "an address of this control node"),
+    "name resolving to an own address": ("alias.example.org", "it resolves to 192.0.2.10, an address of"),
+    "name resolving to an own IPv6 address": ("v6alias.example.org:2222", "an address of this control node"),
+    "name resolving to loopback": ("lo.example.org", "it resolves to 127.0.1.1, a loopback address"),
+    "name resolving to mapped loopback": ("mapped.example.org", "a loopback address"),
+    "name resolving to 0.0.0.0": ("zero.example.org", "the unspecified address"),
+}
+
+
+@pytest.mark.parametrize(("host", "why"), CONTROL_NODE_HOSTS.values(), ids=CONTROL_NODE_HOSTS.keys())
+def test_a_host_that_is_the_control_node_is_refused(host: str, why: str) -> None:
+    found = problems(csv_text(f"alice,{A},pc-01.example.org,", f"bob,{B},{host},"))
+    assert len(found) == 1, found
+    shown = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    assert found[0].startswith(f'roster.csv line 3: host "{shown}" is the control node ('), found
+    assert why in found[0]
+    assert "leave host empty for a local VM" in found[0]
+
+
+BAD_HOSTS = {
+    "leading dash": ("-Fevil.conf", 'it starts with "-"'),
+    "leading dash, option": ("-oProxyCommand=sh", 'it starts with "-"'),
+    "user@": ("root@pc-01.example.org", 'it holds "@"'),
+    "slash": ("pc-01.example.org/x", 'it holds "/"'),
+    "URL": ("ssh://pc-01.example.org", 'it holds "/"'),
+    "space": ("pc 01", "it holds whitespace"),
+    "tab": ("pc\t01", "it holds the control character U+0009"),
+    "escape": ("pc\x1b[2J01", "it holds the control character U+001B"),
+    "DEL": ("pc\x7f01", "it holds the control character U+007F"),
+    "other character": ("pc=01", "it is not a host name"),
+    "empty label": ("pc..example.org", "it is not a host name"),
+    "leading dot": (".pc", "it is not a host name"),
+    "label ending in dash": ("pc-.example.org", "it is not a host name"),
+    "too long": ("a" * 64 + ".example.org", "it is not a host name"),
+    "IPv4 short": ("127.1", "127.1 is not an IPv4 address as four decimal numbers"),
+    "IPv4 as a number": ("2130706433", "is not an IPv4 address as four decimal numbers"),
+    "IPv4 in hex": ("0x7f000001", "is not an IPv4 address as four decimal numbers"),
+    "IPv4 in octal": ("0177.0.0.1", "is not an IPv4 address as four decimal numbers"),
+    "IPv4 leading zero": ("010.0.0.1", "is not an IPv4 address as four decimal numbers"),
+    "five numbers": ("1.2.3.4.5", "is not an IPv4 address"),
+    "bare IPv6": ("2001:db8::3", "an IPv6 address must be in brackets"),
+    "IPv6 zone": ("[fe80::1%eth0]", "an IPv6 zone"),
+    "IPv4 in brackets": ("[192.0.2.7]", "is not an IPv6 address"),
+    "unclosed bracket": ("[2001:db8::3", "brackets go around an IPv6 address only"),
+    "bracket inside": ("pc[1]", "brackets go around an IPv6 address only"),
+    "two ports": ("pc-01:22:23", "an IPv6 address must be in brackets"),
+    "port 0": ("pc-01.example.org:0", 'port "0" is not a number from 1 to 65535'),
+    "port too big": ("[2001:db8::3]:65536", 'port "65536" is not a number from 1 to 65535'),
+    "empty port": ("pc-01.example.org:", 'port "" is not a number'),
+    "port not a number": ("pc-01.example.org:ssh", 'port "ssh" is not a number'),
+    "port leading zero": ("pc-01.example.org:022", 'port "022" is not a number'),
+}
+
+
+@pytest.mark.parametrize(("host", "why"), BAD_HOSTS.values(), ids=BAD_HOSTS.keys())
+def test_a_host_that_is_not_a_host_name_or_address_is_refused(host: str, why: str) -> None:
+    found = problems(csv_text(f'alice,{A},"{host}",'))
+    assert len(found) == 1, found
+    assert found[0].startswith("roster.csv line 2: invalid host "), found
+    assert why in found[0]
+    assert "[2001:db8::3]:2222" in found[0]  # the message shows what a host may be
+    assert "\n" not in found[0] and "\x1b" not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("cell", "host", "port"),
+    [
+        ("pc-3.example.org", "pc-3.example.org", None),
+        ("pc-3.example.org:2222", "pc-3.example.org", 2222),
+        ("pc_3.lan.", "pc_3.lan.", None),
+        ("198.51.100.7:22", "198.51.100.7", 22),
+        ("[2001:db8::3]", "2001:db8::3", None),
+        ("[2001:db8::3]:2222", "2001:db8::3", 2222),
+        ("pc-3:65535", "pc-3", 65535),
+    ],
+)
+def test_good_hosts_and_ports(cell: str, host: str, port: int | None) -> None:
+    (student,) = parse(csv_text(f"alice,{A},{cell},"))
+    assert (student.host, student.port) == (host, port)
+
+
+def test_a_name_that_does_not_resolve_is_not_refused() -> None:
+    RESOLVED.clear()
+    students = parse(csv_text(f"alice,{A},pc-09.example.org,", f"bob,{B},pc-02.example.org:2222,"))
+    assert [s.host for s in students] == ["pc-09.example.org", "pc-02.example.org"]
+    assert sorted(RESOLVED) == ["pc-02.example.org", "pc-09.example.org"]
+
+
+def test_the_same_host_and_port_twice_is_refused_however_spelt() -> None:
+    found = problems(
+        csv_text(
+            f"alice,{A},pc-01.example.org:2222,",
+            f"bob,{B},PC-01.example.org.:2222,",
+            f"carol,{C},[2001:db8::3],",
+            f"dave,{D},[2001:DB8:0:0::3],",
+        )
+    )
+    assert [p.split(":")[0] for p in found] == ["roster.csv line 3", "roster.csv line 5"]
+    assert 'already assigned to student "alice" (line 2)' in found[0]
+    assert 'already assigned to student "carol" (line 4)' in found[1]
+    # One address, two ports: two machines behind one router's port forwards.
+    students = parse(csv_text(f"alice,{A},198.51.100.7:2201,", f"bob,{B},198.51.100.7:2202,"))
+    assert [s.port for s in students] == [2201, 2202]
+
+
+def test_every_host_problem_is_listed_with_the_others() -> None:
+    found = problems(
+        csv_text(
+            f"alice,{A},localhost,",
+            f"bob,restrict {B},pc-01.example.org,",
+            f"carol,{C},pc-02.example.org:0,",
+            f"dave,{D},alias.example.org,trixie",
+        )
+    )
+    assert [p.split(":")[0] for p in found] == [f"roster.csv line {n}" for n in (2, 3, 4, 5, 5)]
+    assert "is the control node" in found[0]
+    assert "authorized_keys options" in found[1]
+    assert 'port "0"' in found[2]
+    assert 'suite "trixie" given for a student with host' in found[3]
+    assert 'host "alias.example.org" is the control node (it resolves to 192.0.2.10' in found[4]
+
+
+def test_a_roster_without_hosts_never_looks_at_the_control_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local fleet's roster reads no interface and resolves nothing."""
+
+    def fail() -> cr.ControlNode:
+        raise AssertionError("the control node was looked at")
+
+    monkeypatch.setattr(cr, "this_control_node", fail)
+    assert [
+        s.name for s in cr.parse_roster(csv_text(f"alice,{A},,"), "r.csv", "csv", reserved=NO_PASSWD)
+    ] == ["alice"]
+
+
+IP_JSON = json.dumps(
+    [
+        {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1"}, {"local": "::1"}]},
+        {"ifname": "eth0", "addr_info": [{"local": "198.51.100.20"}, {"local": "fe80::fc00:ff:fe00:1"}]},
+        {"ifname": "ifb0", "addr_info": []},
+        {"ifname": "veth0"},
+    ]
+)
+IF_INET6 = (
+    "00000000000000000000000000000001 01 80 10 80       lo\n"
+    "20010db8000000000000000000000020 04 40 00 82     eth0\n"
+)
+
+
+def test_the_control_nodes_addresses_are_read_from_ip_and_if_inet6(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cr.addresses_from_ip_json(IP_JSON) == ["127.0.0.1", "::1", "198.51.100.20", "fe80::fc00:ff:fe00:1"]
+    assert cr.addresses_from_if_inet6(IF_INET6) == ["::1", "2001:db8::20"]
+    # Without ip: /proc/net/if_inet6.
+    if_inet6 = tmp_path / "if_inet6"
+    if_inet6.write_text(IF_INET6)
+    monkeypatch.setattr(cr.shutil, "which", lambda name: None)
+    assert cr.interface_addresses(str(if_inet6)) == ["::1", "2001:db8::20"]
+    assert cr.interface_addresses(str(tmp_path / "missing")) == []
+
+
+def test_the_control_node_is_its_names_its_interfaces_and_what_its_names_resolve_to() -> None:
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    resolved: list[str] = []
+
+    def resolve(name: str) -> list[str]:
+        resolved.append(name)
+        return ["203.0.113.9"] if name == socket.gethostname().lower() else []
+
+    control = cr.this_control_node(lambda: ["198.51.100.20", "fe80::1%eth0", "not an address"], resolve)
+    assert control.names == names
+    assert sorted(resolved) == sorted(names)
+    assert control.addresses == {
+        ipaddress.ip_address(text) for text in ("198.51.100.20", "fe80::1", "203.0.113.9")
+    }
+    found = problems_with(control, "198.51.100.20", "[fe80::1]", "203.0.113.9:22", socket.gethostname())
+    assert len(found) == 4 and all("is the control node" in p for p in found), found
+
+
+def problems_with(control: cr.ControlNode | None, *hosts: str) -> list[str]:
+    """The problems of a roster whose students (up to four) have these hosts, checked against control
+    (None: this machine)."""
+    rows = [
+        f"{name},{key},{host},"
+        for name, key, host in zip(("alice", "bob", "carol", "dave"), KEYS.values(), hosts, strict=False)
+    ]
+    with pytest.raises(cr.RosterError) as refused:
+        cr.parse_roster(csv_text(*rows), "r.csv", "csv", reserved=NO_PASSWD, control_node=control)
+    return refused.value.problems
+
+
+def test_this_control_node_is_refused_by_its_real_name_and_addresses() -> None:
+    """The real reader on this machine: its host name, a loopback address and one of its interfaces'
+    addresses are refused; a name that cannot resolve is not."""
+    own = [
+        text for text in cr.interface_addresses() if not ipaddress.ip_address(text.split("%")[0]).is_loopback
+    ]
+    hosts = [socket.gethostname(), "127.0.1.1"] + [f"[{own[0]}]" if ":" in own[0] else own[0]] * bool(own)
+    found = problems_with(None, *hosts)
+    assert len(found) == len(hosts) and all("is the control node" in p for p in found), found
+    (student,) = cr.parse_roster(csv_text(f"alice,{A},pc-01.invalid,"), "r.csv", "csv", reserved=NO_PASSWD)
+    assert student.host == "pc-01.invalid"
+
+
+# --- keys: one bare public key line ---------------------------------------------------------------------
+
+KEY_TYPE, KEY_BODY, KEY_COMMENT = A.split(" ")
+ED25519_PUBLIC = base64.b64decode(KEY_BODY)[4 + len(KEY_TYPE) + 4 :]
+
+
+def wire(*fields: bytes) -> str:
+    """The base64 of SSH wire-format strings (uint32 length, then the bytes)."""
+    return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+
+BAD_KEYS = {
+    "command option": (f'command="/bin/sh" {A}', 'authorized_keys options before the key type ("command='),
+    "restrict": (f"restrict {A}", 'authorized_keys options before the key type ("restrict")'),
+    "from option": (f'from="10.0.0.0/8" {A}', 'options before the key type ("from='),
+    "two options": (f"no-pty,no-port-forwarding {A}", 'options before the key type ("no-pty,no-port'),
+    "option glued to the type": (f"no-pty,{A}", 'options before the key type ("no-pty,")'),
+    "tab separator": (f"{KEY_TYPE}\t{KEY_BODY} {KEY_COMMENT}", "the control character U+0009"),
+    "escape in comment": (f"{A} \x1b[2Jowned", "the control character U+001B"),
+    "NUL in comment": (f"{A}\x00x", "the control character U+0000"),
+    "DEL in comment": (f"{A}\x7f", "the control character U+007F"),
+    "BEL": (f"{A} \x07", "the control character U+0007"),
+    "C1 control": (f"{A} \x85next", "the control character U+0085"),
+    "line separator": (f"{A} \u2028next", "the control character U+2028"),
+    "carriage return": (f"{A}\rssh-ed25519 x", "spans several lines"),
+}
+
+
+@pytest.mark.parametrize(("key", "message"), BAD_KEYS.values(), ids=BAD_KEYS.keys())
+def test_a_key_with_options_or_control_characters_is_refused(key: str, message: str) -> None:
+    found = problems(csv_text(f'alice,"{key}",,'))
+    assert len(found) == 1, found
+    assert found[0].startswith("roster.csv line 2: ssh_public_key"), found
+    assert message in found[0]
+    assert not any(ord(char) < 0x20 or ord(char) == 0x7F for char in found[0]), found
+
+
+def test_a_key_ssh_keygen_accepts_but_the_lab_does_not_is_refused(tmp_path: Path) -> None:
+    """Certificates and DSA keys are keys to ssh-keygen -l, not a student's key to the lab."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (tmp_path / "alice.pub").write_text(A + "\n")
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", "alice", str(tmp_path / "alice.pub")],
+        capture_output=True,
+        check=True,
+    )
+    certificate = (tmp_path / "alice-cert.pub").read_text().strip()
+    found = problems(csv_text(f"alice,{certificate},,"))
+    assert len(found) == 1 and "key type ssh-ed25519-cert-v01@openssh.com is not accepted" in found[0], found
+    dsa = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", str(tmp_path / "dsa")],
+        capture_output=True,
+        check=False,
+    )
+    if dsa.returncode == 0:
+        found = problems(csv_text(f"alice,{(tmp_path / 'dsa.pub').read_text().strip()},,"))
+        assert len(found) == 1 and "key type ssh-dss is not accepted" in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (f"ssh-rsa {KEY_BODY} x", 'its key data is not a ssh-rsa key (it names "ssh-ed25519")'),
+        (
+            f"ssh-ed25519 {wire(b'ssh-rsa', b'x' * 32)} x",
+            'its key data is not a ssh-ed25519 key (it names "ssh-rsa")',
+        ),
+        (f"ssh-ed25519 {wire(b'ssh-ed2551', ED25519_PUBLIC)}", "its key data is not a ssh-ed25519 key"),
+        ("ssh-ed25519 AAAA x", "its key data is not a ssh-ed25519 key"),
+        ("ssh-ed25519 AAA", "its key data is not base64"),
+        (f"ssh-ed25519 {KEY_BODY}= x", "its key data is not base64"),
+        ("ssh-ed25519 !!!! x", "its key data is not base64"),
+        (f"ssh-ed448 {KEY_BODY} x", "does not start with an accepted key type"),
+        (f"ssh-ed25519-cert-v01@openssh.com {KEY_BODY}", "key type ssh-ed25519-cert-v01@openssh.com is not"),
+        (f"ssh-dss {KEY_BODY}", "key type ssh-dss is not accepted"),
+        (KEY_BODY, "does not start with an accepted key type"),
+    ],
+    ids=[
+        "rsa named, ed25519 inside",
+        "ed25519 named, rsa inside",
+        "type cut",
+        "empty type",
+        "short base64",
+        "extra padding",
+        "not base64",
+        "unknown type",
+        "certificate",
+        "dsa",
+        "no type",
+    ],
+)
+def test_key_format_problem(key: str, message: str) -> None:
+    problem = cr.key_format_problem(key)
+    assert problem is not None and message in problem, problem
+
+
+def test_every_accepted_key_type_passes_the_format_check() -> None:
+    assert cr.key_format_problem(A) is None
+    assert cr.key_format_problem(f"{KEY_TYPE}  {KEY_BODY}   a comment with  spaces") is None
+    for key_type in cr.ACCEPTED_KEY_TYPES:
+        assert cr.key_format_problem(f"{key_type} {wire(key_type.encode(), b'k' * 32)} c") is None
+    # A security key's line (sk-ssh-ed25519: type, public key, application), which ssh-keygen reads too.
+    sk_type = "sk-ssh-ed25519@openssh.com"
+    sk = f"{sk_type} {wire(sk_type.encode(), ED25519_PUBLIC, b'ssh:')} alice@yubikey"
+    assert [s.ssh_public_key for s in parse(csv_text(f"alice,{sk},,"))] == [sk]
+
+
+# --- the inventory host name is a path component ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "-x", "alice\n", "", "Alice", "a..b"])
+def test_an_inventory_host_name_is_never_a_path(name: str) -> None:
+    """parse_roster() never makes such a Student; inventory_entries() refuses one from anywhere else."""
+    with pytest.raises(cr.RosterError) as refused:
+        cr.inventory_entries([cr.Student("bob", B, 2), cr.Student(name, A, 3)])
+    assert refused.value.problems == [
+        f"student {json.dumps(name)} (line 3) cannot be an inventory host name:"
+        f" it must be {cr.USER_NAME_RULE}"
+    ]
+
+
 # --- hosts, groups, variables -------------------------------------------------------------------------
 
 
@@ -324,6 +703,25 @@ def test_first_port() -> None:
         cr.inventory_entries(students, 65535)
     only_hosts = parse(csv_text(f"dave,{D},pc-04,"))
     assert cr.inventory_entries(only_hosts, 70000)[0].group == "classroom"
+
+
+def test_a_host_with_a_port_sets_ansible_port_and_one_without_does_not() -> None:
+    students = parse(
+        csv_text(
+            f"alice,{A},pc-3.example.org:2222,",
+            f"bob,{B},[2001:db8::3]:2222,",
+            f"carol,{C},[2001:db8::4],",
+            f"dave,{D},pc-4.example.org,",
+        )
+    )
+    hostvars = {entry.name: entry.variables for entry in cr.inventory_entries(students)}
+    assert {name: (v["ansible_host"], v.get("ansible_port")) for name, v in hostvars.items()} == {
+        "alice": ("pc-3.example.org", 2222),
+        "bob": ("2001:db8::3", 2222),
+        "carol": ("2001:db8::4", None),
+        "dave": ("pc-4.example.org", None),
+    }
+    assert "lab_vm_ssh_port" not in hostvars["alice"]
 
 
 # --- the plugin ------------------------------------------------------------------------------------
@@ -385,6 +783,30 @@ def test_plugin_refuses_the_whole_roster_and_adds_nothing(tmp_path: Path) -> Non
     assert set(inventory.groups) == {"all", "ungrouped"}
     assert "bad.csv line 4: duplicate student" in str(refused.value)
     assert "bad.csv line 14: suite" in str(refused.value)
+
+
+def test_plugin_sets_the_port_of_a_roster_host(tmp_path: Path) -> None:
+    roster = tmp_path / "class.csv"
+    roster.write_text(
+        csv_text(f"alice,{A},198.51.100.7:2222,", f"bob,{B},[2001:db8::7]:2201,", f"carol,{C},,")
+    )
+    inventory = InventoryData()
+    load_plugin().parse(inventory, DataLoader(), str(write_config(tmp_path, str(roster))), cache=False)
+    hostvars = {name: inventory.get_host(name).get_vars() for name in ("alice", "bob", "carol")}
+    assert (hostvars["alice"]["ansible_host"], hostvars["alice"]["ansible_port"]) == ("198.51.100.7", 2222)
+    assert (hostvars["bob"]["ansible_host"], hostvars["bob"]["ansible_port"]) == ("2001:db8::7", 2201)
+    assert hostvars["carol"]["ansible_port"] == 2301
+
+
+def test_plugin_refuses_the_control_node_and_adds_nothing(tmp_path: Path) -> None:
+    roster = tmp_path / "class.csv"
+    roster.write_text(csv_text(f"alice,{A},,", f"bob,{B},localhost,", f"carol,{C},127.0.1.1:2222,"))
+    inventory = InventoryData()
+    with pytest.raises(AnsibleParserError) as refused:
+        load_plugin().parse(inventory, DataLoader(), str(write_config(tmp_path, str(roster))), cache=False)
+    assert inventory.hosts == {}
+    assert 'class.csv line 3: host "localhost" is the control node' in str(refused.value)
+    assert 'class.csv line 4: host "127.0.1.1" is the control node (a loopback address)' in str(refused.value)
 
 
 def plain(value: object) -> object:
