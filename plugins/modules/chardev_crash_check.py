@@ -21,7 +21,10 @@ description:
   - Gathers the kernel's own diagnostics of the tasks in C(D) (hung-task reports, SysRq C(w)).
   - Without a crash, says what went wrong (RV(verdict)) and what to do next (RV(hint)).
   - Writes its verdict to C(check.json) in the run directory (the status page reads it) and, for a crash
-    that has no complete record yet, the crash record (so that the lab knows the host crashed).
+    that has no complete record of this boot yet, the crash record (so that the lab knows the host
+    crashed; it names this boot and counts for it only). A file it cannot write (a full filesystem, a
+    path that may not be written) fails the task with a message that names the file, the error and what
+    to do, and tells the verdict.
   - Never signals a process.
 author:
   - chardev-lab contributors (@chardev-lab)
@@ -145,7 +148,7 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint impo
     taint_letters,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import LESSON_MARKER_PATH, RUN_DIR
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System
 
 KMSG_PATH = "/dev/kmsg"
 CLOCK: Callable[[], float] = time.monotonic
@@ -213,27 +216,44 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
         "explanation": explained["primary"],
         "checked_at": utc_now(),
     }
-    changed = False
-    record = state["record"] if isinstance(state["record"], dict) else None
-    if not check_mode:
-        write_json(system.path(os.path.join(params["run_dir"], CHECK_NAME)), {
-            key: result[key] for key in ("verdict", "as_expected", "summary", "hint", "checked_at", "mode")
-        } | {"explanation": (result["explanation"] or {}).get("text")})  # fmt: skip
-        if verdict["verdict"] == "crashed" and not (record and record.get("state") == RECORD_CRASHED):
-            # No complete record: a crash made by hand (or a lab run cut short). Record it, so that the
-            # lab, the status page and reset.yml know this host crashed and why.
-            write_json(system.path(files["record"]), {
-                **{key: result[key] for key in RECORD_KEYS},
-                "state": RECORD_CRASHED,
-                "by": "hand",
-                "crashed_at": result["checked_at"],
-                "tasks": [{**verdict[role], "role": role} for role in ("victim", "reader") if verdict[role]],
-                "msg": verdict["summary"],
-            })  # fmt: skip
-            changed = True
-    result["changed"] = changed
     result["msg"] = f"{verdict['verdict']}: {verdict['summary']}"
+    result["changed"] = False
+    if not check_mode:
+        try:
+            result["changed"] = write_results(result, verdict, state, params["run_dir"], system)
+        except ModuleFailure as exc:
+            # The verdict is still told (and kept on the control node by check.yml's failure output).
+            raise ModuleFailure(
+                f"{exc.msg}. The verdict, not kept on the host: {result['msg']}",
+                **{key: result[key] for key in ("verdict", "as_expected", "summary", "hint")},
+            ) from exc
     return result
+
+
+def write_results(
+    result: dict[str, Any], verdict: dict[str, Any], state: dict[str, Any], run_dir: str, system: System
+) -> bool:
+    """check.json, and the crash record when the crash has no complete one: whether a record was written.
+    A file that cannot be written (a full /run, a path root may not write) raises ModuleFailure."""
+    files = run_files(run_dir)
+    record = state["record"] if isinstance(state["record"], dict) else None
+    write_json(system.path(os.path.join(run_dir, CHECK_NAME)), {
+        key: result[key] for key in ("verdict", "as_expected", "summary", "hint", "checked_at", "mode")
+    } | {"explanation": (result["explanation"] or {}).get("text")}, "the check's verdict")  # fmt: skip
+    if verdict["verdict"] != "crashed" or (record and record.get("state") == RECORD_CRASHED):
+        return False
+    # No complete record: a crash made by hand (or a lab run cut short). Record it, so that the lab, the
+    # status page and reset.yml know this host crashed and why; it counts for this boot only.
+    write_json(system.path(files["record"]), {
+        **{key: result[key] for key in RECORD_KEYS},
+        "state": RECORD_CRASHED,
+        "by": "hand",
+        "crashed_at": result["checked_at"],
+        "boot_id": state["boot_id"],
+        "tasks": [{**verdict[role], "role": role} for role in ("victim", "reader") if verdict[role]],
+        "msg": verdict["summary"],
+    }, "the crash record")  # fmt: skip
+    return True
 
 
 def make_module() -> AnsibleModule:
@@ -253,6 +273,8 @@ def main(system: System | None = None) -> None:
         result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    except ModuleFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
     module.exit_json(**result)
 
 

@@ -17,9 +17,14 @@ description:
     C(/sys/kernel/oops_count), an oops or C(Fixing recursive fault) in the kernel log since boot), and in
     which phase an earlier run left it (RV(phase)). With O(record_taint_baseline) it also records the
     kernel's taint before the lab, once per boot.
+  - A record counts for the boot it names only (its C(boot_id)); one of another boot is ignored
+    (RV(stale_record)), and so is one without a boot id in a run directory that is not a tmpfs, so that a
+    run directory that survives a reboot never marks the host crashed for ever.
   - O(operation=stop_leftover) stops the victim of an interrupted run that still holds the device open
-    while the module is loaded (SIGTERM, then SIGKILL); only tasks whose pid and start time match their
-    PID file are signalled, and never on a kernel that crashed.
+    while the very load of chardev it opened is still in the kernel (SIGTERM, then SIGKILL); only tasks
+    whose pid and start time match their PID file are signalled, never on a kernel that crashed, and
+    never an armed victim (its module removed, even if chardev was loaded again since; closing its file
+    would run the freed module's code and crash the kernel).
   - O(operation=prepare) gets a loaded crash variant ready for the lesson. It records where the module
     lives (C(/sys/module/chardev/sections) and its C(/proc/kallsyms) lines, in C(layout.json) in the run
     directory; the oops's address is explained against it after the unload), and lowers
@@ -27,7 +32,9 @@ description:
     C(settings-before.json) (a reset, rewind or reboot, brings the kernel's own value back). It changes
     nothing when both are already so.
   - O(operation=mark) writes the record with state C(unloading) before the module is removed, so that a
-    run interrupted anywhere after it is known; O(operation=record) completes it with the evidence.
+    run interrupted anywhere after it is known. It names this boot (C(boot_id)) and the load of chardev
+    the victim holds open (C(module), the inode of C(/sys/module/chardev), which each load gets anew, and
+    the address of its C(.text) section). O(operation=record) completes it with the evidence.
 author:
   - chardev-lab contributors (@chardev-lab)
 options:
@@ -104,10 +111,12 @@ reasons:
   sample: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)", "oops_count 2"]
 phase:
   description:
-    - V(fresh) nothing of a crash; V(leftover) a victim of an interrupted run holds the device, module
-      loaded; V(armed) the module was removed under a live victim (the kernel is intact, the next use of
-      the file crashes it); V(recover) the kernel crashed but the record is not complete; V(done) the
-      record is complete.
+    - V(fresh) nothing of a crash; V(leftover) a victim of an interrupted run holds the device, and the
+      load of chardev it opened is still in the kernel (the one the mark names, or before the mark the one
+      whose layout was recorded in this boot); V(armed) a live victim whose load of chardev was removed,
+      or is not known to be there (the kernel is intact; the next use of the file, or its close, crashes
+      it, so it is never signalled); V(recover) the kernel crashed but the record is not complete; V(done)
+      the record is complete.
   returned: when O(operation) is V(read) or V(stop_leftover)
   type: str
   sample: done
@@ -117,6 +126,37 @@ record:
   returned: always
   type: dict
   sample: {state: crashed, mode: read, marked_at: "2026-11-26T09:12:01+00:00", as_expected: true}
+stale_record:
+  description:
+    - A crash record that is not of this boot (RV(record_stale) says why), ignored; null otherwise.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: dict
+  sample: {state: crashed, mode: read, boot_id: 7d0f3a1e-2b4c-4e5d-8f60-718293a4b5c6}
+record_stale:
+  description: Why RV(stale_record) is not of this boot; null when the record counts.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: str
+  sample: "written in another boot (7d0f3a1e-2b4c-4e5d-8f60-718293a4b5c6; this boot is 0b7c6c3e-...)"
+run_dir_volatile:
+  description: Whether O(run_dir) is on a tmpfs (a reboot clears it), from C(/proc/self/mountinfo); null
+    when that cannot be told.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: bool
+  sample: true
+module_instance:
+  description:
+    - The load of chardev in the kernel now (C(sysfs_ino) of C(/sys/module/chardev), C(text) the address
+      of its C(.text) section), null when it is not loaded.
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: dict
+  sample: {sysfs_ino: 31337, text: "0xffffffffc0a63000"}
+victim_module:
+  description:
+    - The load of chardev the victim opened, as the mark (or before it the layout) recorded it; null when
+      none tells. The victim is signalled only while it equals RV(module_instance).
+  returned: when O(operation) is V(read) or V(stop_leftover)
+  type: dict
+  sample: {sysfs_ino: 31337, text: "0xffffffffc0a63000"}
 files:
   description:
     - The role's files in O(run_dir) by name (record, victim, reader, ready, trigger, log, program,
@@ -195,9 +235,12 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record imp
     RECORD_CRASHED,
     RECORD_UNLOADING,
     crash_state,
+    module_instance,
     pidfiles_for,
+    read_boot_id,
     read_json,
     run_files,
+    same_instance,
     taint_baseline_entry,
     utc_now,
     write_json,
@@ -207,7 +250,7 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     RUN_DIR,
     TAINT_BASELINE_PATH,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System
 
 KMSG_PATH = "/dev/kmsg"
 STOP_WAIT = 5.0
@@ -227,7 +270,7 @@ def record_baseline(state: dict[str, Any], check_mode: bool, system: System) -> 
         return False
     if not check_mode:
         entry = taint_baseline_entry(state["tainted"], state["boot_id"], state["module_loaded"], utc_now())
-        write_json(system.path(TAINT_BASELINE_PATH), entry)
+        write_json(system.path(TAINT_BASELINE_PATH), entry, "the taint before the lab")
         state["taint_baseline"] = entry
         state["new_taint"] = state["tainted"] & ~entry["tainted"]
     return True
@@ -244,8 +287,11 @@ def live_leftovers(run_dir: str, system: System) -> list[int]:
 
 
 def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool, system: System) -> list[int]:
-    """SIGTERM, then SIGKILL, to the leftovers of an interrupted run (module loaded). Before each signal
-    the tasks are identified again (pid and start time), so a pid reused meanwhile is never signalled."""
+    """SIGTERM, then SIGKILL, to the leftovers of an interrupted run, whose load of chardev is still in
+    the kernel (phase leftover; never an armed victim: its file's code is freed, and the close that the
+    signal causes would run it). Before each signal the tasks are identified again (pid and start time),
+    so a pid reused meanwhile is never signalled, and so is the load of chardev, so a victim whose module
+    was removed meanwhile is not either."""
     if state["phase"] != "leftover":
         return []
     stopped = live_leftovers(run_dir, system)
@@ -253,7 +299,7 @@ def stop_leftover(state: dict[str, Any], run_dir: str, check_mode: bool, system:
         return stopped
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = live_leftovers(run_dir, system)
-        if not alive:
+        if not alive or not same_instance(state["victim_module"], module_instance(system.root)):
             break
         for pid in alive:
             with contextlib.suppress(ProcessLookupError):
@@ -284,7 +330,7 @@ def prepare(params: dict[str, Any], check_mode: bool, system: System) -> dict[st
     if read_json(system.path(files["layout"])) != layout:
         changed = True
         if not check_mode:
-            write_json(system.path(files["layout"]), layout)
+            write_json(system.path(files["layout"]), layout, "the module's layout")
 
     # Persistent, unlike the run directory: a check in a later boot then knows the machine restarted
     # since the crash variant was ready (a panic, or a reset).
@@ -293,7 +339,9 @@ def prepare(params: dict[str, Any], check_mode: bool, system: System) -> dict[st
         changed = True
         if not check_mode:
             write_json(
-                system.path(LESSON_MARKER_PATH), {"boot_id": layout["boot_id"], "prepared_at": utc_now()}
+                system.path(LESSON_MARKER_PATH),
+                {"boot_id": layout["boot_id"], "prepared_at": utc_now()},
+                "the lesson marker",
             )
 
     wanted = int(params.get("hung_task_timeout") or 0)
@@ -319,6 +367,7 @@ def prepare(params: dict[str, Any], check_mode: bool, system: System) -> dict[st
                 write_json(
                     system.path(files["settings"]),
                     {"boot_id": layout["boot_id"], "hung_task_timeout_secs": before, "saved_at": utc_now()},
+                    "the kernel settings before the lesson",
                 )
             with open(timeout_path, "w", encoding="ascii") as handle:
                 handle.write(f"{wanted}\n")
@@ -337,12 +386,17 @@ def mark(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, 
         "mode": params["mode"],
         "marked_at": utc_now(),
         "kernel_release": os.uname().release,
+        # The record counts for this boot only, and the load of chardev the victim holds open is the one
+        # in the kernel now, before the rmmod: while it is loaded the victim may be stopped, once it is
+        # gone (even with chardev loaded again) never.
+        "boot_id": read_boot_id(system),
+        "module": module_instance(system.root),
         "watched": {
             task.role: {"pid": task.pid, "comm": task.comm, "identity": task.identity} for task in tasks
         },
     }
     if not check_mode:
-        write_json(system.path(run_files(params["run_dir"])["record"]), record)
+        write_json(system.path(run_files(params["run_dir"])["record"]), record, "the crash record")
     return record
 
 
@@ -358,11 +412,17 @@ def record(params: dict[str, Any], check_mode: bool, system: System) -> dict[str
         for key, value in (params["evidence"] or {}).items()
         if key not in ("changed", "failed", "invocation", "_ansible_no_log")
     }
-    full = {**evidence, "state": RECORD_CRASHED, "mode": params["mode"], "crashed_at": utc_now()}
+    full = {
+        **evidence,
+        "state": RECORD_CRASHED,
+        "mode": params["mode"],
+        "crashed_at": utc_now(),
+        "boot_id": read_boot_id(system),
+    }
     if isinstance(marked, dict) and marked.get("marked_at"):
         full["marked_at"] = marked["marked_at"]
     if not check_mode:
-        write_json(path, full)
+        write_json(path, full, "the crash record")
     return full
 
 
@@ -415,6 +475,8 @@ def main(system: System | None = None) -> None:
         result = run(module.params, module.check_mode, System(module) if system is None else system)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
+    except ModuleFailure as exc:
+        module.fail_json(msg=exc.msg, **exc.fields)
     except OSError as exc:
         module.fail_json(
             msg=f"cannot {module.params['operation']} the crash state: {exc.strerror}: {exc.filename} "

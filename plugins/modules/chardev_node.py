@@ -19,6 +19,10 @@ description:
   - The module never replaces or removes anything that is not a character device. A regular file,
     directory, symbolic link, block device, FIFO or socket at O(path) makes the module fail, and the
     thing is left as it was.
+  - Nor a character device of another driver. A node is replaced or removed only when its major is the
+    one O(name) registered, or is registered by no driver in C(/proc/devices) (a stale node of an earlier
+    load); a node whose major another driver owns (C(/dev/null) is C(mem)'s) makes the module fail with
+    the node, its major and that driver, and the node is left as it was. This holds for both states.
   - Symbolic links are not followed.
 author:
   - chardev-lab contributors (@chardev-lab)
@@ -32,7 +36,8 @@ options:
     description:
       - Driver name as listed in the character devices section of C(/proc/devices).
       - Entries with the same name in the block devices section are ignored.
-      - Only used when O(state=present).
+      - With O(state=present), the driver whose major the node gets; with either state, a node found at
+        O(path) is replaced or removed only if its major is this driver's or no driver's.
     type: str
     default: chardev
   minor:
@@ -61,8 +66,9 @@ options:
     description:
       - V(present) creates the node, replaces a node with a stale major or minor, and fixes its mode,
         owner and group.
-      - V(absent) removes the node if it is a character device, whatever its numbers. It fails if
-        something else is at O(path). It does not need the driver to be loaded.
+      - V(absent) removes the node if it is a character device of O(name) or of no registered driver
+        (whatever its minor). It fails if something else is at O(path), or a node of another driver. It
+        does not need the driver to be loaded.
     type: str
     choices: [present, absent]
     default: present
@@ -358,6 +364,28 @@ def node_from_stat(st: StatLike | None) -> Node:
     )
 
 
+def char_drivers(devices: ProcDevices, major: int | None) -> list[str]:
+    """The drivers that registered a character major in /proc/devices (several share some: 4 is
+    /dev/vc/0, tty and ttyS), in file order."""
+    return [entry for number, entry in devices.char if number == major]
+
+
+def refuse_foreign_node(path: str, node: Node, devices: ProcDevices, name: str) -> None:
+    """Fail unless the character device at path may be replaced or removed: its major is name's own, or
+    no driver's (a stale node of an earlier load). Any other node belongs to a driver the lab does not
+    own: a chardev_device of /dev/null would otherwise be removed and made again as chardev's node."""
+    if node.kind != "char device":
+        return
+    owners = char_drivers(devices, node.major)
+    if not owners or name in owners:
+        return
+    raise ChardevNodeError(
+        f"{path} is the character device {node.major}:{node.minor} of driver {', '.join(owners)} "
+        f"(major {node.major} in {PROC_DEVICES}), not of {name}: refusing to replace or remove it. "
+        f"Give the node a path of its own (the chardev role's chardev_device, for example /dev/{name})."
+    )
+
+
 def refuse_message(path: str, node: Node) -> str:
     return (
         f"{path} exists and is a {node.kind}, not a character device: refusing to replace or remove it. "
@@ -457,8 +485,14 @@ def resolve_gid(group: str) -> int:
 
 
 def read_proc_devices(system: System) -> str:
-    with open(system.path(PROC_DEVICES), encoding="utf-8") as handle:
-        return handle.read()
+    try:
+        with open(system.path(PROC_DEVICES), encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ChardevNodeError(
+            f"cannot read {PROC_DEVICES} ({exc.strerror or exc}): it tells the driver of each major, "
+            "without which no node is made, replaced or removed; run on a Linux host with /proc mounted"
+        ) from exc
 
 
 def lstat_node(path: str) -> StatLike | None:
@@ -502,17 +536,23 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
         raise ChardevNodeError(f"minor must be between 0 and {MAX_MINOR}, got {minor}")
 
     wanted: Wanted | None = None
+    devices: ProcDevices | None = None
     if params["state"] == "present":
         mode = parse_mode(params["mode"])
         uid = resolve_uid(params["owner"])
         gid = resolve_gid(params["group"])
-        major = find_char_major(parse_proc_devices(read_proc_devices(system)), params["name"])
+        devices = parse_proc_devices(read_proc_devices(system))
+        major = find_char_major(devices, params["name"])
         if not 0 < major <= MAX_MAJOR:
             raise ChardevNodeError(f"major {major} read from {PROC_DEVICES} is out of range")
         wanted = Wanted(major=major, minor=minor, mode=mode, uid=uid, gid=gid)
 
     node = node_from_stat(lstat_node(path))
     plan = plan_present(path, node, wanted) if wanted is not None else plan_absent(path, node)
+    if plan.remove:
+        if devices is None:
+            devices = parse_proc_devices(read_proc_devices(system))
+        refuse_foreign_node(path, node, devices, params["name"])
     after = node_after(node, plan, wanted)
 
     if plan.changed and not check_mode:

@@ -15,8 +15,9 @@ description:
     C(chardev_demo) role writes in O(results_dir).
   - Decides one state for each host. V(unreachable) when the probe could not reach it. V(crashed) when
     the probe found a crash marker. V(not-ready) when the probe failed, the kernel headers are missing,
-    the module is not loaded, the device node is wrong, the demo failed, or stuck tasks exist without a
-    crash marker. V(ready) otherwise.
+    the module is not loaded, the device node is wrong, the demo failed, stuck tasks exist without a
+    crash marker, or an interrupted crash run's victim is alive (its crash phase V(leftover) or V(armed),
+    see M(chardev_lab.lab.chardev_crash_state)). V(ready) otherwise.
   - Writes, each file atomically, C(status.json) (a list with one object per host), C(meta.json)
     (the generation time and the counts) and C(index.html) (one self-contained page, no network
     needed) in O(dest).
@@ -122,6 +123,7 @@ rows:
       demo_errors: []
       crashed: true
       crash_reasons: ["crash record /run/chardev-lab/crashed.json (crashed)", "taint flag D (oops)"]
+      crash_phase: done
       stuck_tasks: [{pid: 1576, state: X, comm: python3, wchan: null}]
       tainted: 12416
       taint_letters: DOE
@@ -221,6 +223,18 @@ def read_demo(results_dir: str | None, host: str) -> tuple[str, list[str]]:
     return "failed", [str(error) for error in document.get("errors") or []]
 
 
+#: A crash run interrupted with its victim alive (chardev_crash_state's phases): never ready, the victim
+#: holds the device; an armed one holds the file of a removed chardev, and using or closing it crashes
+#: the kernel.
+CRASH_UNDER_WAY = {
+    "leftover": "a crash run was interrupted: its victim holds the device (the crash role stops it)",
+    "armed": (
+        "armed: a crash run's victim holds the file of a removed chardev, and using or closing it crashes "
+        "the kernel (run the crash again to finish it, or reset: playbooks/reset.yml)"
+    ),
+}
+
+
 def decide_state(row: Mapping[str, Any]) -> tuple[str, str]:
     """The row's state and the reason for it (rules in the module's description)."""
     if not row["reachable"]:
@@ -244,6 +258,8 @@ def decide_state(row: Mapping[str, Any]) -> tuple[str, str]:
         problems.append(f"demo {row['demo']}" + (f": {row['demo_errors'][0]}" if row["demo_errors"] else ""))
     if stuck:
         problems.append(f"{stuck_text} without a crash marker")
+    if row.get("crash_phase") in CRASH_UNDER_WAY:
+        problems.append(CRASH_UNDER_WAY[row["crash_phase"]])
     if problems:
         return "not-ready", "; ".join(problems)
     notes = [f"{row['variant']} variant loaded"]
@@ -277,6 +293,7 @@ def build_row(host: str, student: Any, probe: Mapping[str, Any] | None, demo: tu
         "demo_errors": demo[1],
         "crashed": probe.get("crashed") if probed else None,
         "crash_reasons": list(probe.get("crash_reasons") or []) if probed else [],
+        "crash_phase": probe.get("crash_phase") if probed else None,
         "stuck_tasks": [
             {key: task.get(key) for key in ("pid", "state", "comm", "wchan")}
             for task in (probe.get("stuck_tasks") or [] if probed else [])

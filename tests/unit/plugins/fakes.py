@@ -4,7 +4,7 @@
   records), with a fake kill and a FakeClock; StatusHost, the same as the lab_status probe reads it;
 * FakeKernel, a kernel log that grows as a test says, with a SysRq trigger and a FakeClock;
 * FakeClock, time that moves only when slept; FakeStatvfs, a filesystem's free space; stat_line();
-* run_module(), a module's main() run as Ansible runs it; capture_warnings(); option();
+* run_module(), a module's main() run as Ansible runs it; failing_writes(); capture_warnings(); option();
 * the kernel output captured per kernel (tests/unit/data/kernels/<suite>/, described in its README.md)
   and the other data files; the environment for Ansible's own tools run on this collection.
 
@@ -527,6 +527,19 @@ def run_module(
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert exited.value.code == (1 if result.get("failed") else 0), result
     return result
+
+
+def failing_writes(monkeypatch: pytest.MonkeyPatch, module: ModuleType, part: str, error: int) -> None:
+    """From now on, module's open() of a path holding part for writing fails with errno error (a full
+    filesystem, a directory that may not be written: root passes permission checks, so they are faked)."""
+    real_open = open
+
+    def failing_open(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if part in str(name) and any(flag in mode for flag in "wax+"):
+            raise OSError(error, os.strerror(error), str(name))
+        return real_open(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(module, "open", failing_open, raising=False)
 
 
 def capture_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:

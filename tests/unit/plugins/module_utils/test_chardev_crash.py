@@ -25,14 +25,20 @@ tmp_path, the log, clock, sleep and kill are fakes.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_kernel_log, chardev_proc
+from ansible_collections.chardev_lab.lab.plugins.module_utils import (
+    chardev_kernel_log,
+    chardev_proc,
+    chardev_record,
+)
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_kernel_log import (
     NOT_IN_D,
     KernelLogEvidence,
@@ -62,11 +68,15 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_proc impor
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_record import (
     crash_state,
+    filesystem_type,
+    module_instance,
     parse_record,
     parse_taint_baseline,
     pidfiles_for,
     run_files,
+    same_instance,
     taint_baseline_entry,
+    write_json,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
     TAINT_LAB,
@@ -79,14 +89,17 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     RUN_DIR,
     TAINT_BASELINE_PATH,
 )
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     BOOT_ID,
+    OTHER_BOOT_ID,
     TAINT_AFTER_CRASH,
     TAINT_E,
     TAINT_O,
     TAINT_P,
     FakeHost,
     FakeKernel,
+    failing_writes,
     kernel_lines,
     kernel_text,
     kmsg_records,
@@ -1406,6 +1419,39 @@ def crash_state_of(host: FakeHost, log_lines: list[str] | None = None) -> dict[s
     return crash_state(str(host.root), RUN_DIR, log_lines, TAINT_BASELINE_PATH)
 
 
+def mark(host: FakeHost, **fields: Any) -> dict[str, Any]:
+    """The mark operation=mark writes before the rmmod: this boot, and the load of chardev loaded now."""
+    record = {
+        "state": "unloading",
+        "mode": "read",
+        "marked_at": "t0",
+        "boot_id": BOOT_ID,
+        "module": module_instance(str(host.root)),
+        **fields,
+    }
+    host.record(record)
+    return record
+
+
+def victim(host: FakeHost, reader: bool = False) -> None:
+    """The victim (and its pipe reader) alive, waiting for the trigger, named by their PID files."""
+    host.task(812, "chardev-victim", "S", starttime=4242)
+    host.pidfile("victim.pid", "812 4242\n")
+    if reader:
+        host.task(813, "chardev-reader", "S", starttime=4243)
+        host.pidfile("reader.pid", "813 4243\n")
+
+
+#: A lab host's mounts: the root on ext4, /run on tmpfs.
+MOUNTINFO = """\
+22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+25 22 0:23 / /run rw,nosuid,nodev,noexec,relatime shared:2 - tmpfs tmpfs rw,size=200772k,mode=755
+"""
+#: The same host with /run not a tmpfs (a directory of the root filesystem).
+MOUNTINFO_NO_TMPFS = "\n".join(line for line in MOUNTINFO.splitlines() if " /run " not in line) + "\n"
+
+
 # --- run_files, pidfiles_for, parse_record ------------------------------------------------------------
 
 
@@ -1625,15 +1671,90 @@ def test_armed_module_removed_under_a_live_victim(host: FakeHost) -> None:
 
 
 def test_leftover_live_victim_module_loaded(host: FakeHost) -> None:
-    host.module_loaded()
+    """Interrupted between the mark and the rmmod: the load the victim opened is still in the kernel."""
+    host.module("crash")
     host.tainted(TAINT_O | TAINT_E)
-    host.task(812, "chardev-victim", "S", starttime=4242)
-    host.task(813, "chardev-reader", "S", starttime=4243)
-    host.pidfile("victim.pid", "812 4242\n")
-    host.pidfile("reader.pid", "813 4243\n")
+    victim(host, reader=True)
+    marked = mark(host, mode="splice")
+    assert marked["module"] == {
+        "sysfs_ino": host.path("/sys/module/chardev").stat().st_ino,
+        "text": "0xffffffffc0a63000",
+    }
     state = crash_state_of(host)
     assert (state["crashed"], state["phase"]) == (False, "leftover")
+    assert state["victim_module"] == state["module_instance"] == marked["module"]
     assert [(t["role"], t["pid"]) for t in state["leftovers"]] == [("victim", 812), ("reader", 813)]
+
+
+def test_armed_when_chardev_was_loaded_again_after_the_rmmod(host: FakeHost) -> None:
+    """The victim holds the file of the load its mark names; that load was removed and chardev loaded
+    again (make lab, or by hand): the victim's file has no code behind it, so it is armed (never
+    signalled), not a leftover of a loaded module."""
+    host.module("crash")
+    victim(host)
+    mark(host)
+    host.rmmod()
+    assert crash_state_of(host)["phase"] == "armed"
+    host.module("safe", sections={".text": "0xffffffffc0b71000", ".rodata": "0xffffffffc0b73000"})
+    state = crash_state_of(host)
+    assert state["module_loaded"] is True
+    assert (state["crashed"], state["phase"]) == (False, "armed")
+    assert state["module_instance"]["text"] == "0xffffffffc0b71000"
+    assert state["victim_module"]["text"] == "0xffffffffc0a63000"
+
+
+def test_armed_when_the_new_load_reuses_the_address(host: FakeHost) -> None:
+    """A new load may get the freed address again: the sysfs directory's inode tells the loads apart."""
+    host.module("crash")
+    victim(host)
+    marked = mark(host)
+    host.record({**marked, "module": {**marked["module"], "sysfs_ino": marked["module"]["sysfs_ino"] + 1}})
+    state = crash_state_of(host)
+    assert state["module_instance"]["text"] == state["victim_module"]["text"]
+    assert state["phase"] == "armed"
+
+
+def test_a_live_victim_without_mark_or_layout_is_armed(host: FakeHost) -> None:
+    """Nothing says which load of chardev the victim opened: it is never taken for a leftover to stop."""
+    host.module_loaded()
+    victim(host)
+    state = crash_state_of(host)
+    assert (state["victim_module"], state["phase"]) == (None, "armed")
+    # a mark of an older role (no module in it) says nothing either
+    host.record({"state": "unloading", "mode": "read", "marked_at": "t0"})
+    assert crash_state_of(host)["phase"] == "armed"
+    # nor one that found no chardev loaded, whatever the layout says
+    host.module("crash")
+    host.write(
+        f"{RUN_DIR}/layout.json",
+        json.dumps({"boot_id": BOOT_ID, "sections": {".text": "0xffffffffc0a63000"}}),
+    )
+    host.record({"state": "unloading", "mode": "read", "marked_at": "t0", "module": None})
+    assert crash_state_of(host)["phase"] == "armed"
+    host.record({"state": "unloading", "mode": "read", "marked_at": "t0"})
+    assert crash_state_of(host)["phase"] == "leftover"  # the older mark: the layout tells
+
+
+@pytest.mark.parametrize(
+    ("boot_id", "text", "phase"),
+    [
+        (BOOT_ID, "0xffffffffc0a63000", "leftover"),  # the load prepare recorded: the victim's
+        (BOOT_ID, "0xffffffffc0b71000", "armed"),  # chardev loaded again since
+        (OTHER_BOOT_ID, "0xffffffffc0a63000", "armed"),  # a layout of another boot tells nothing
+    ],
+)
+def test_before_the_mark_the_layout_names_the_victims_load(
+    host: FakeHost, boot_id: str, text: str, phase: str
+) -> None:
+    """Interrupted between the victim's start and the mark: the layout operation=prepare recorded just
+    before the victim started names the load it opened."""
+    host.module("crash")
+    victim(host)
+    host.write(
+        f"{RUN_DIR}/layout.json",
+        json.dumps({"module": "chardev", "boot_id": boot_id, "sections": {".text": text}}),
+    )
+    assert crash_state_of(host)["phase"] == phase
 
 
 def test_reused_victim_pid_is_not_a_leftover(host: FakeHost) -> None:
@@ -1650,6 +1771,7 @@ def test_reused_victim_pid_is_not_a_leftover(host: FakeHost) -> None:
 
 def test_old_pidfile_of_another_command_is_not_a_leftover(host: FakeHost) -> None:
     host.module_loaded()
+    mark(host)
     host.task(812, "sshd", "S", starttime=9999)
     host.pidfile("victim.pid", "812\n")  # no start time: the command name decides
     assert crash_state_of(host)["phase"] == "fresh"
@@ -1666,6 +1788,116 @@ def test_stuck_victim_without_crash_markers_is_not_alive(host: FakeHost) -> None
     state = crash_state_of(host)
     assert state["phase"] == "fresh"
     assert [t["state"] for t in state["leftovers"]] == ["D"]
+
+
+# --- crash_state: the record's boot ------------------------------------------------------------------
+
+
+def test_a_record_of_another_boot_is_stale(host: FakeHost) -> None:
+    """A run directory that survives a reboot keeps the record of a crash in an earlier boot: it no
+    longer marks the host crashed; the kernel's own markers judge this boot."""
+    host.write("/proc/self/mountinfo", MOUNTINFO_NO_TMPFS)
+    record = {"state": "crashed", "mode": "read", "crashed_at": "t1", "boot_id": OTHER_BOOT_ID}
+    host.record(record)
+    host.tainted(TAINT_O | TAINT_E)
+    state = crash_state_of(host)
+    assert (state["crashed"], state["phase"], state["reasons"]) == (False, "fresh", [])
+    assert (state["record"], state["stale_record"]) == (None, record)
+    assert state["record_stale"] == f"written in another boot ({OTHER_BOOT_ID}; this boot is {BOOT_ID})"
+    assert state["run_dir_volatile"] is False
+    # the kernel's word still wins
+    host.tainted(TAINT_AFTER_CRASH)
+    state = crash_state_of(host)
+    assert (state["crashed"], state["phase"], state["reasons"]) == (True, "recover", ["taint flag D (oops)"])
+    # a mark of another boot is no leftover's, and names no load of chardev for its pidfiles
+    host.tainted(0)
+    host.module("crash")
+    victim(host)
+    mark(host, boot_id=OTHER_BOOT_ID)
+    state = crash_state_of(host)
+    assert (state["record"], state["victim_module"], state["phase"]) == (None, None, "armed")
+
+
+def test_a_record_of_this_boot_counts(host: FakeHost) -> None:
+    host.write("/proc/self/mountinfo", MOUNTINFO_NO_TMPFS)
+    host.record({"state": "crashed", "mode": "read", "boot_id": BOOT_ID})
+    state = crash_state_of(host)
+    assert (state["crashed"], state["phase"], state["record_stale"]) == (True, "done", None)
+
+
+@pytest.mark.parametrize("text", ['{"state": "crashed", "mode": "read"}', "{half a record"])
+@pytest.mark.parametrize(
+    ("mountinfo", "counts"), [(MOUNTINFO, True), (MOUNTINFO_NO_TMPFS, False), (None, True)]
+)
+def test_a_record_without_boot_id_counts_on_tmpfs_only(
+    host: FakeHost, text: str, mountinfo: str | None, counts: bool
+) -> None:
+    """Older records, and broken ones, name no boot: on a tmpfs (or where that cannot be told, as before)
+    they can only be of this boot; elsewhere they may be of any earlier one."""
+    if mountinfo is not None:
+        host.write("/proc/self/mountinfo", mountinfo)
+    host.record(text)
+    state = crash_state_of(host)
+    assert state["crashed"] is counts
+    assert state["run_dir_volatile"] is {MOUNTINFO: True, MOUNTINFO_NO_TMPFS: False, None: None}[mountinfo]
+    if not counts:
+        assert state["phase"] == "fresh"
+        assert "not a tmpfs" in state["record_stale"]
+
+
+def test_filesystem_type() -> None:
+    assert filesystem_type("/run/chardev-lab", MOUNTINFO) == "tmpfs"
+    assert filesystem_type("/run", MOUNTINFO) == "tmpfs"
+    assert filesystem_type("/running/x", MOUNTINFO) == "ext4"  # not below /run
+    assert filesystem_type("/var/lib/chardev-lab", MOUNTINFO) == "ext4"
+    assert filesystem_type("/run/chardev-lab", MOUNTINFO_NO_TMPFS) == "ext4"
+    # a later mount over the same point wins; escaped spaces in mount points
+    over = MOUNTINFO + "40 25 0:40 / /run rw - ext4 /dev/vdb rw\n41 22 0:41 / /my\\040dir rw - tmpfs t rw\n"
+    assert filesystem_type("/run/chardev-lab", over) == "ext4"
+    assert filesystem_type("/my dir/run", over) == "tmpfs"
+    assert filesystem_type("/run", None) is None
+    assert filesystem_type("/run", "garbage\n") is None
+
+
+def test_module_instance_and_same_instance(host: FakeHost) -> None:
+    assert module_instance(str(host.root)) is None
+    host.module_loaded()
+    bare = module_instance(str(host.root))
+    assert bare == {"sysfs_ino": host.path("/sys/module/chardev").stat().st_ino, "text": None}
+    host.module("crash")
+    loaded = module_instance(str(host.root))
+    assert loaded is not None and loaded["text"] == "0xffffffffc0a63000"
+    assert same_instance(loaded, loaded)
+    assert same_instance({"text": "0xffffffffc0a63000"}, loaded)  # a layout: the address only
+    assert not same_instance({**loaded, "sysfs_ino": loaded["sysfs_ino"] + 1}, loaded)
+    assert not same_instance({"text": "0xffffffffc0b71000"}, loaded)
+    assert not same_instance(loaded, None)  # not loaded
+    assert not same_instance(None, loaded)  # not known
+    assert not same_instance({"text": None}, {"sysfs_ino": 5, "text": None})  # nothing to compare
+
+
+# --- write_json: what a failed write says ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (errno.ENOSPC, "free some space on that filesystem"),
+        (errno.EACCES, "check the owner, mode and attributes"),
+    ],
+)
+def test_write_json_says_what_failed_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, advice: str
+) -> None:
+    """A full run directory, or one root may not write (an immutable attribute, a read-only bind): a
+    message, never a traceback, and no half-written file left."""
+    path = tmp_path / "run" / "crashed.json"
+    failing_writes(monkeypatch, chardev_record, str(path), error)
+    with pytest.raises(ModuleFailure) as failed:
+        write_json(str(path), {"state": "crashed"}, "the crash record")
+    assert failed.value.msg.startswith(f"writing the crash record {path} failed: {os.strerror(error)} (")
+    assert advice in failed.value.msg
+    assert list(path.parent.iterdir()) == []
 
 
 # --- crash_state: taint before the lab ----------------------------------------------------------------

@@ -6,11 +6,13 @@ ever signalled. The judging itself is tested with module_utils/chardev_check.py.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_fault
+from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_fault, chardev_record
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_taint import (
     taint_letters,
 )
@@ -19,10 +21,12 @@ from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
 )
 from ansible_collections.chardev_lab.lab.plugins.modules import chardev_crash_check, chardev_crash_state
 from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
+    BOOT_ID,
     OTHER_BOOT_ID,
     TAINT_AFTER_CRASH,
     TAINT_LAB,
     FakeHost,
+    failing_writes,
     kernel_lines,
     kernel_text,
     run_module,
@@ -133,6 +137,7 @@ def test_check_records_a_crash_by_hand(chost: CheckHost) -> None:
         "explanation": FOPS_READ_TEXT,
     }
     record = chost.read_json(f"{RUN_DIR}/crashed.json")
+    assert record["boot_id"] == BOOT_ID  # it counts for this boot only
     assert (record["state"], record["by"], record["mode"], record["as_expected"]) == (
         "crashed",
         "hand",
@@ -175,6 +180,50 @@ def test_check_does_not_overwrite_a_complete_record(chost: CheckHost) -> None:
     assert result["verdict"] == "crashed"
     assert chost.read_json(f"{RUN_DIR}/crashed.json") == lab_record
     assert chost.read_json(f"{RUN_DIR}/check.json")["verdict"] == "crashed"
+
+
+def test_check_records_over_a_crash_record_of_another_boot(chost: CheckHost) -> None:
+    """A run directory that is not a tmpfs kept the record of an earlier boot's crash: it does not count
+    for this boot, so this boot's crash is recorded, and the record names this boot."""
+    crash_by_hand_6_1(chost)
+    chost.write("/proc/self/mountinfo", "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n")
+    chost.record({"state": "crashed", "mode": "splice", "crashed_at": "t1", "boot_id": OTHER_BOOT_ID})
+    result = check(chost)
+    assert result["changed"] is True
+    assert "crash record" not in " ".join(result["crash_reasons"])
+    record = chost.read_json(f"{RUN_DIR}/crashed.json")
+    assert (record["by"], record["mode"], record["boot_id"]) == ("hand", "read", BOOT_ID)
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "advice"),
+    [
+        ("check.json", errno.ENOSPC, "free some space on that filesystem"),
+        ("crashed.json", errno.EACCES, "check the owner, mode and attributes"),
+    ],
+)
+def test_check_says_why_it_cannot_write(
+    chost: CheckHost,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    error: int,
+    advice: str,
+) -> None:
+    """A full /run, or a run directory root may not write: the task fails with what could not be
+    written, why and what to do, and still tells the verdict; never a traceback."""
+    crash_by_hand_6_1(chost)
+    failing_writes(monkeypatch, chardev_record, f"/{target}.tmp.", error)
+    result = run_module(chardev_crash_check, {"hung_task_wait": 0}, capsys, chost.system())
+    assert result["failed"] is True
+    what = {"check.json": "the check's verdict", "crashed.json": "the crash record"}[target]
+    assert result["msg"].startswith(
+        f"writing {what} {chost.path(RUN_DIR)}/{target} failed: {os.strerror(error)}"
+    )
+    assert advice in result["msg"]
+    assert result["msg"].endswith("The verdict, not kept on the host: crashed: " + result["summary"])
+    assert (result["verdict"], result["as_expected"]) == ("crashed", True)
+    assert not list(chost.run.glob("*.tmp.*"))
 
 
 def test_check_completes_a_record_left_unloading(chost: CheckHost) -> None:

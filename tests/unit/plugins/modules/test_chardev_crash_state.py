@@ -11,6 +11,7 @@ os.kill refuses to signal any other pid.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible_collections.chardev_lab.lab.plugins.module_utils import chardev_record
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     LESSON_MARKER_PATH,
     RUN_DIR,
@@ -34,6 +36,7 @@ from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     TAINT_O,
     TAINT_P,
     FakeHost,
+    failing_writes,
     kernel_text,
     run_module,
 )
@@ -215,6 +218,9 @@ def test_module_mark(mhost: ModuleHost, capsys: pytest.CaptureFixture[str]) -> N
         "victim": {"pid": 812, "comm": "chardev-victim", "identity": "starttime"},
         "reader": {"pid": 813, "comm": "chardev-reader", "identity": "starttime"},
     }
+    # this boot, and the load of chardev the victim holds open
+    assert written["boot_id"] == BOOT_ID
+    assert written["module"] == {"sysfs_ino": mhost.path("/sys/module/chardev").stat().st_ino, "text": None}
     # interrupted before the rmmod: a leftover; after it: armed (the kernel still intact)
     assert run_module(chardev_crash_state, {}, capsys, mhost.system())["phase"] == "leftover"
     mhost.module_loaded(False)
@@ -277,6 +283,7 @@ def test_module_record_completes_the_mark(mhost: ModuleHost, capsys: pytest.Capt
     assert written == result["record"]
     assert written["state"] == "crashed"
     assert written["mode"] == "read"
+    assert written["boot_id"] == BOOT_ID  # it counts for this boot only
     assert written["marked_at"] == marked["marked_at"]
     assert written["crashed_at"].endswith("+00:00")
     assert "changed" not in written and "invocation" not in written
@@ -320,6 +327,7 @@ def test_module_stop_leftover_signals_the_identified_victim(
     stranger = start_sleeper(sleepers, mhost)
     mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
     mhost.pidfile("reader.pid", f"{stranger.pid} {real_starttime(stranger.pid) + 1}\n")
+    run_module(chardev_crash_state, {"operation": "mark", "mode": "splice"}, capsys, mhost.system())
     assert run_module(chardev_crash_state, {}, capsys, mhost.system())["phase"] == "leftover"
     result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
     assert "failed" not in result, result
@@ -349,6 +357,7 @@ def test_module_stop_leftover_check_mode(
     mhost.module_loaded()
     victim = start_sleeper(sleepers, mhost)
     mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
+    run_module(chardev_crash_state, {"operation": "mark", "mode": "read"}, capsys, mhost.system())
     result = run_module(
         chardev_crash_state,
         {"operation": "stop_leftover", "_ansible_check_mode": True},
@@ -374,6 +383,78 @@ def test_module_stop_leftover_leaves_an_armed_or_crashed_host_alone(
     assert (result["changed"], result["stopped"]) == (False, [])
     assert result["phase"] == ("armed" if situation == "armed" else "recover")
     assert mhost.signals == []
+
+
+def test_module_stop_leftover_never_signals_the_victim_of_a_removed_load(
+    mhost: ModuleHost, sleepers: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The crash's rmmod done, the victim not yet read, and chardev loaded again (make lab, or by hand):
+    the victim holds the file of a freed module, and the SIGTERM's close would run its code. It is armed,
+    never signalled, though a chardev is loaded."""
+    mhost.module("crash")
+    victim = start_sleeper(sleepers, mhost)  # a real process: a signal would really reach it
+    mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
+    run_module(chardev_crash_state, {"operation": "mark", "mode": "read"}, capsys, mhost.system())
+    mhost.rmmod()
+    mhost.module("safe", sections={".text": "0xffffffffc0b71000"})
+    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
+    assert (result["changed"], result["stopped"], result["phase"]) == (False, [], "armed")
+    assert (result["crashed"], result["module_loaded"]) == (False, True)
+    assert mhost.signals == []
+    assert victim.poll() is None
+
+
+def test_module_stop_leftover_stops_before_a_signal_once_the_load_is_gone(
+    mhost: ModuleHost,
+    sleepers: list[subprocess.Popen[bytes]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The load is checked again before each signal: removed between the read and the signal, the
+    victim is not signalled."""
+    mhost.module("crash")
+    victim = start_sleeper(sleepers, mhost)
+    mhost.pidfile("victim.pid", f"{victim.pid} {real_starttime(victim.pid)}\n")
+    run_module(chardev_crash_state, {"operation": "mark", "mode": "read"}, capsys, mhost.system())
+    real_live_leftovers = chardev_crash_state.live_leftovers
+
+    def rmmod_meanwhile(run_dir: str, system: Any) -> list[int]:
+        if mhost.path("/sys/module/chardev").exists():
+            mhost.rmmod()
+        return real_live_leftovers(run_dir, system)
+
+    monkeypatch.setattr(chardev_crash_state, "live_leftovers", rmmod_meanwhile)
+    result = run_module(chardev_crash_state, {"operation": "stop_leftover"}, capsys, mhost.system())
+    assert mhost.signals == []
+    assert victim.poll() is None
+    assert result["phase"] == "armed"
+
+
+@pytest.mark.parametrize(
+    ("operation", "error", "words"),
+    [
+        ("mark", errno.ENOSPC, "No space left on device"),
+        ("record", errno.EACCES, "Permission denied"),
+    ],
+)
+def test_module_mark_and_record_say_why_the_record_cannot_be_written(
+    mhost: ModuleHost,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    operation: str,
+    error: int,
+    words: str,
+) -> None:
+    """A full /run, or a run directory root may not write: a message that says what and what to do."""
+    failing_writes(monkeypatch, chardev_record, "crashed.json", error)
+    params = {"operation": operation, "mode": "read", "evidence": EVIDENCE}
+    result = run_module(chardev_crash_state, params, capsys, mhost.system())
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"writing the crash record {mhost.path(RUN_DIR)}/crashed.json failed: ")
+    assert words in result["msg"]
+    assert ("free some space" if error == errno.ENOSPC else "check the owner, mode") in result["msg"]
+    assert "Traceback" not in json.dumps(result)
+    assert not (mhost.run / "crashed.json").exists()
 
 
 def test_module_new_taint_agrees_with_the_baseline_it_recorded(

@@ -35,6 +35,8 @@ PROC_DEVICES_LOADED = kernel_text("bookworm", "proc-devices.txt")
 PROC_DEVICES_UNLOADED = "\n".join(line for line in PROC_DEVICES_LOADED.splitlines() if line != "240 chardev")
 
 ROOT_WANTED = Wanted(major=240, minor=0, mode=0o644, uid=0, gid=0)
+#: A major no driver of the sample registered: that of a node left from an earlier load of chardev.
+STALE_MAJOR = 239
 
 
 def stat_like(kind: int, perm: int = 0o644, rdev: int = 0, uid: int = 0, gid: int = 0) -> SimpleNamespace:
@@ -363,13 +365,61 @@ def test_module_creates_node_then_is_idempotent(
 def test_module_replaces_stale_node(
     devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    devfs.make_char_node(node_path, 0o644, 241, 0)  # left from an earlier load
+    devfs.make_char_node(node_path, 0o644, STALE_MAJOR, 0)  # left from an earlier load: no driver's now
     result = run_module(capsys, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove", "mknod", "chown", "chmod"]
-    assert result["diff"]["before"]["major"] == 241
+    assert result["diff"]["before"]["major"] == STALE_MAJOR
     assert result["diff"]["after"]["major"] == 240
     assert devfs.numbers(node_path) == (240, 0)
+
+
+def test_module_replaces_its_own_node_with_another_minor(
+    devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    devfs.make_char_node(node_path, 0o644, 240, 1)
+    result = run_module(capsys, path=node_path, system=devfs.system)
+    assert result["actions"] == ["remove", "mknod", "chown", "chmod"]
+    assert devfs.numbers(node_path) == (240, 0)
+
+
+@pytest.mark.parametrize("state", ["present", "absent"])
+@pytest.mark.parametrize(
+    ("major", "minor", "owners"),
+    [(1, 3, "mem"), (4, 64, "/dev/vc/0, tty, ttyS"), (241, 0, "hidraw")],
+)
+def test_module_never_replaces_or_removes_a_node_of_another_driver(
+    devfs: FakeDevFS,
+    node_path: str,
+    capsys: pytest.CaptureFixture[str],
+    state: str,
+    major: int,
+    minor: int,
+    owners: str,
+) -> None:
+    """A chardev_device of /dev/null (mem's 1:3), of a tty, or a stale chardev node whose major another
+    driver took since: the node is left as it is, and the message names it, its major and its driver."""
+    devfs.make_char_node(node_path, 0o666, major, minor)
+    os.chmod(node_path, 0o666)  # (the fake mknod's mode is filtered by the umask)
+    for check_mode in (True, False):
+        result = run_module(capsys, check_mode=check_mode, path=node_path, state=state, system=devfs.system)
+        assert result["failed"] is True
+        assert result["msg"] == (
+            f"{node_path} is the character device {major}:{minor} of driver {owners} "
+            f"(major {major} in /proc/devices), not of chardev: refusing to replace or remove it. "
+            "Give the node a path of its own (the chardev role's chardev_device, for example /dev/chardev)."
+        )
+        assert devfs.numbers(node_path) == (major, minor)
+        assert stat.S_IMODE(os.stat(node_path).st_mode) == 0o666
+
+
+def test_module_absent_removes_a_node_of_its_own_driver(
+    devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    devfs.make_char_node(node_path, 0o644, 241, 0)
+    result = run_module(capsys, path=node_path, state="absent", name="hidraw", system=devfs.system)
+    assert (result["changed"], result["actions"]) == (True, ["remove"])
+    assert not os.path.lexists(node_path)
 
 
 def test_module_fixes_mode(devfs: FakeDevFS, node_path: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -399,16 +449,16 @@ def test_module_check_mode_changes_nothing(
     assert result["diff"]["after"]["kind"] == "char device"
     assert not os.path.lexists(node_path)
 
-    devfs.make_char_node(node_path, 0o644, 241, 0)
+    devfs.make_char_node(node_path, 0o644, STALE_MAJOR, 0)
     result = run_module(capsys, check_mode=True, path=node_path, system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove", "mknod", "chown", "chmod"]
-    assert devfs.numbers(node_path) == (241, 0)
+    assert devfs.numbers(node_path) == (STALE_MAJOR, 0)
 
     result = run_module(capsys, check_mode=True, path=node_path, state="absent", system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove"]
-    assert result["major"] == 241
+    assert result["major"] == STALE_MAJOR
     assert result["state"] == "absent"
     assert devfs.kind(node_path) == "char device"
 
@@ -470,22 +520,37 @@ def test_module_does_not_follow_symlinks(
     assert os.path.islink(node_path)
 
 
-def test_module_absent_removes_node_without_proc_devices(
-    devfs: FakeDevFS, monkeypatch: pytest.MonkeyPatch, node_path: str, capsys: pytest.CaptureFixture[str]
+def test_module_absent_removes_node_after_the_unload(
+    devfs: FakeDevFS, proc_devices: Path, node_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert devfs.system is not None
-    Path(devfs.system.path("/proc/devices")).unlink()  # module already unloaded
-    devfs.make_char_node(node_path, 0o644, 241, 0)
+    proc_devices.write_text(PROC_DEVICES_UNLOADED, encoding="utf-8")  # module already unloaded
+    devfs.make_char_node(node_path, 0o644, 240, 0)
     result = run_module(capsys, path=node_path, state="absent", system=devfs.system)
     assert result["changed"] is True
     assert result["actions"] == ["remove"]
-    assert (result["major"], result["minor"]) == (241, 0)
+    assert (result["major"], result["minor"]) == (240, 0)
     assert result["diff"]["after"] == {"path": node_path, "kind": "absent"}
     assert not os.path.lexists(node_path)
 
     again = run_module(capsys, path=node_path, state="absent", system=devfs.system)
     assert again["changed"] is False
     assert again["major"] is None
+
+
+def test_module_without_proc_devices_removes_nothing(
+    devfs: FakeDevFS, proc_devices: Path, node_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without /proc/devices the driver of a node's major cannot be told: it is left as it is."""
+    proc_devices.unlink()
+    devfs.make_char_node(node_path, 0o644, STALE_MAJOR, 0)
+    for state in ("present", "absent"):
+        result = run_module(capsys, path=node_path, state=state, system=devfs.system)
+        assert result["failed"] is True
+        assert result["msg"].startswith("cannot read /proc/devices (No such file or directory): ")
+        assert devfs.numbers(node_path) == (STALE_MAJOR, 0)
+    # nothing at the path: nothing to remove, nothing to ask
+    devfs.remove_node(node_path)
+    assert run_module(capsys, path=node_path, state="absent", system=devfs.system)["changed"] is False
 
 
 def test_module_rejects_unknown_owner(
@@ -551,7 +616,6 @@ def test_module_real_mknod_as_root(
         ]
         is False
     )
-    assert (
-        run_module(capsys, path=node_path, state="absent", system=system_of(proc_devices))["changed"] is True
-    )
+    removed = run_module(capsys, path=node_path, name="mem", state="absent", system=system_of(proc_devices))
+    assert removed["changed"] is True
     assert not os.path.lexists(node_path)

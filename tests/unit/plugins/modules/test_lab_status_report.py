@@ -141,6 +141,24 @@ def test_row_not_ready(
     assert (row["state"], row["reason"]) == ("not-ready", reason)
 
 
+@pytest.mark.parametrize(
+    ("phase", "words"),
+    [("leftover", "a crash run was interrupted"), ("armed", "armed: a crash run's victim")],
+)
+def test_row_a_live_victim_is_never_ready(ready: StatusHost, phase: str, words: str) -> None:
+    """A crash run interrupted with its victim alive (chardev loaded: the safe variant after make lab, or
+    the same load): the host is not ready; an armed one crashes at the victim's next use of the file."""
+    ready.task(812, "chardev-victim", "S", starttime=4242)
+    ready.pidfile("victim.pid", "812 4242\n")
+    module = {"sysfs_ino": ready.path("/sys/module/chardev").stat().st_ino, "text": None}
+    if phase == "armed":
+        module["sysfs_ino"] += 1  # the mark names the load removed by the crash's rmmod
+    ready.record({"state": "unloading", "mode": "read", "marked_at": "t0", "module": module})
+    row = build_row("lab-vm-1", None, probe_result(ready), ("passed", []))
+    assert (row["crash_phase"], row["crashed"], row["state"]) == (phase, False, "not-ready")
+    assert row["reason"].startswith(words)
+
+
 def test_decide_state_crash_wins_over_not_ready() -> None:
     row = {"reachable": True, "crashed": True, "crash_reasons": ["taint flag D (oops)"], "stuck_tasks": []}
     assert decide_state(row)[0] == "crashed"
