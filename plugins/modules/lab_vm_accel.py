@@ -16,7 +16,9 @@ description:
     "Kernel panic - not syncing" in a few seconds and QEMU exits; a broken one is still silent at
     O(timeout) and is killed.
   - The verdict is cached in O(cache_file) under a key of the QEMU binary, the kernel and the host's
-    kernel release, so the probe costs its seconds once per machine.
+    kernel release, so the probe costs its seconds once per machine. The file is never read or written
+    through a symbolic link; when it cannot be written (a full disk, a refused write) the verdict is
+    still used, with a warning that says why and what to do, and the next run probes again.
 version_added: "1.0.0"
 author:
   - chardev-lab contributors (@chardev-lab)
@@ -82,6 +84,7 @@ cached:
   sample: true
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -92,6 +95,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
 
 PANIC_MARKER = "Kernel panic"
+# The cache file lives in the image cache, which root writes: a symbolic link planted at its name is
+# refused (ELOOP), never followed.
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def kvm_usable_device(path: str = "/dev/kvm") -> bool:
@@ -192,19 +198,49 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
     if not qemu:
         raise ModuleFailure(f"{p['qemu']} is not installed: run 'make host-deps' (package qemu-system-x86)")
     key = probe_key(qemu, p["kernel"])
-    try:
-        with open(p["cache_file"], encoding="utf-8") as handle:
-            cached = json.load(handle)
-        if cached.get("key") == key:
-            return dict(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
-    except (OSError, ValueError, KeyError):
-        pass
+    cached = read_cache(p["cache_file"])
+    if cached.get("key") == key and {"accel", "reason"} <= cached.keys():
+        return dict(accel=cached["accel"], reason=cached["reason"], changed=False, cached=True)
     accel, reason = run_probe(system, qemu, p["kernel"], p["timeout"])
     if not check_mode:
-        os.makedirs(os.path.dirname(p["cache_file"]) or ".", exist_ok=True)
-        with open(p["cache_file"], "w", encoding="utf-8") as handle:
-            json.dump({"key": key, "accel": accel, "reason": reason}, handle)
+        try:
+            write_cache(p["cache_file"], {"key": key, "accel": accel, "reason": reason})
+        except OSError as exc:
+            system.warn(cache_write_warning(p["cache_file"], exc, p["timeout"]))
     return dict(accel=accel, reason=reason, **result)
+
+
+def read_cache(path: str) -> dict[str, Any]:
+    """The cached verdict, {} when there is none that can be read (missing, a link, not JSON)."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), encoding="utf-8") as handle:
+            cached = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def write_cache(path: str, verdict: dict[str, str]) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(verdict, handle)
+
+
+def cache_write_warning(path: str, exc: OSError, timeout: int) -> str:
+    """What failed, and what to do: the verdict is used anyway, the next run probes again."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space there (df -h)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make that directory writable by the user who runs the lab (ls -ld), or set lab_vm_cache_dir"
+    elif exc.errno == errno.ELOOP:
+        fix = "it is a symbolic link, which is never followed: remove it (ls -l)"
+    else:
+        fix = "check that path (ls -ld)"
+    return (
+        f"could not save the KVM probe's verdict in {path}: {exc.strerror or exc}; this run uses it, "
+        f"the next one probes again (up to {timeout} s). To keep it: {fix}"
+    )
 
 
 def main(system: System | None = None) -> None:

@@ -17,7 +17,13 @@ description:
   - The image lives in O(cache_dir) under a key made of its inputs (suite, mirror, packages, size and
     the recipe version), so a second run with the same inputs reuses it at once.
   - The build happens in a temporary directory that is renamed into place only when complete, so an
-    interrupted or failed build never leaves a half-made image in the cache.
+    interrupted or failed build never leaves a half-made image in the cache. An image counts as built
+    only with the manifest the build writes last (C(manifest.json), with its key, recipe and the sizes of
+    its disk, kernel and initrd, checked at every use), never because its directory exists.
+  - Root builds the image and QEMU boots what the cache holds, so a cache another user could write to is
+    refused (O(cache_dir), and each of its parents up to the running user's home or C(/), must belong to
+    the running user or root and not be writable by group or others, unless sticky); the image's lock,
+    log and manifest are never opened through a symbolic link.
   - Its progress is written to a log file (RV(log)) that can be followed with C(tail -f).
   - Each image key has a lock (C(<key>.lock) in O(cache_dir), C(flock)) held for the whole build,
     also by the build tools it starts. A second run for the same image waits for the first (at most
@@ -42,6 +48,7 @@ options:
   mirror:
     description:
       - Debian mirror URL (or an apt proxy URL). Empty means mmdebstrap's own default mirror.
+      - An C(http://) or C(https://) URL with a host and without whitespace; anything else is refused.
       - A mirror on C(127.0.0.1) or C(localhost) is rewritten to C(10.0.2.2) in the guest's apt
         sources, which is how a QEMU user-mode guest reaches the host.
     type: str
@@ -52,7 +59,9 @@ options:
     elements: str
     default: []
   size:
-    description: Size of the disk image, as C(mkfs.ext4) understands it (C(4G), C(6000M)).
+    description:
+      - Size of the disk image, a number with an optional C(K), C(M) or C(G) suffix (C(4G), C(6000M)); a
+        bare number is a count of C(mkfs.ext4) blocks. Anything else is refused.
     type: str
     default: 4G
   cache_dir:
@@ -166,6 +175,7 @@ import glob
 import hashlib
 import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -173,6 +183,7 @@ import signal
 import stat
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -180,8 +191,24 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import SUITES
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
-# Bump when the way the image is made changes: it is part of the cache key.
-RECIPE_VERSION = 3
+# Bump when the way the image is made changes: it is part of the cache key. 4: the manifest, written
+# last, records the sizes of the disk, kernel and initrd and is what marks an image as built (an image of
+# recipe 3 has none: under a new key it is never taken for one, nor replaced under a VM that uses it).
+RECIPE_VERSION = 4
+
+# The manifest: written last in the build directory, before it is renamed into place. An image is the
+# cache's only when its manifest names its key and recipe and its files have the sizes recorded there.
+MANIFEST = "manifest.json"
+IMAGE_FILES = ("disk.raw", "vmlinuz", "initrd.img")
+# Opening the cache's own files (lock, log, manifest): a symbolic link there is refused (ELOOP), never
+# followed, and no descriptor leaks into the build tools (those that must inherit one get it by
+# pass_fds).
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+# What the mirror and the size may be: they reach mmdebstrap, the guest's apt sources and mkfs.ext4.
+# A size is a number of bytes with a K, M or G suffix (mkfs.ext4 reads them, either case) or, bare, of
+# mkfs.ext4's blocks.
+SIZE_RE = re.compile(r"[1-9][0-9]*[KMGkmg]?")
 
 
 # What every image needs to boot under QEMU and be managed by Ansible. build-essential is baked in
@@ -349,6 +376,29 @@ def initramfs_hook() -> str:
     )
 
 
+def check_inputs(mirror: str, size: str) -> None:
+    """Refuse a mirror or a size that is not one: both become arguments of mmdebstrap and mkfs.ext4
+    (passed after "--" too), and the mirror a line of the guest's apt sources."""
+    if mirror:
+        try:
+            url = urllib.parse.urlsplit(mirror)
+            web = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+        except ValueError:  # a bad port or IPv6 address
+            web = False
+        if re.search(r"[\x00-\x20\x7f]", mirror) or not web:
+            raise ImageError(
+                f"lab_vm_mirror {mirror!r} is not a mirror URL: it must be an http:// or https:// URL "
+                "with a host and no spaces (http://deb.debian.org/debian, or an apt proxy such as "
+                "http://apt-proxy.example:3142/debian); fix lab_vm_mirror, or leave it empty for "
+                "mmdebstrap's default mirror"
+            )
+    if not SIZE_RE.fullmatch(size):
+        raise ImageError(
+            f"lab_vm_image_size {size!r} is not a size: it must be a number with an optional K, M or G "
+            "suffix (4G, 6000M); fix lab_vm_image_size"
+        )
+
+
 def mmdebstrap_command(suite: str, mirror: str, packages: Sequence[str], rootdir: str) -> list[str]:
     include = ",".join(sorted(set(BASE_PACKAGES) | set(packages)))
     cmd = [
@@ -357,6 +407,8 @@ def mmdebstrap_command(suite: str, mirror: str, packages: Sequence[str], rootdir
         "--variant=minbase",
         f"--include={include}",
         f"--essential-hook={initramfs_hook()}",
+        # The end of the options: the suite, the directory and the mirror are never taken for one.
+        "--",
         suite,
         rootdir,
     ]
@@ -466,6 +518,71 @@ def check_free_space(cache_dir: str, size: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# The cache directory: only its user (or root) may change it
+# -------------------------------------------------------------------------------------------------
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def cache_dir_chain(cache_dir: str) -> list[str]:
+    """The cache directory and its parents, up to the running user's home (included) or /, as written
+    and once symbolic links are resolved: whoever can change one of them can change what is below."""
+    try:
+        home = os.path.realpath(pwd.getpwuid(os.geteuid()).pw_dir)
+    except KeyError:  # an account without a passwd entry (a container's): up to /
+        home = "/"
+    chain: list[str] = []
+    for start in (os.path.abspath(cache_dir), os.path.realpath(cache_dir)):
+        path = start
+        while path not in chain:
+            chain.append(path)
+            if path in ("/", home):
+                break
+            path = os.path.dirname(path)
+    return chain
+
+
+def unsafe_cache_path(path: str, top: bool) -> str:
+    """Why another user could change path (a directory of the cache's chain, or a link in it), or ""."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""  # made below, by this user
+    trusted = (os.geteuid(), 0)
+    owner = f"owned by {owner_name(st.st_uid)}"
+    if st.st_uid not in trusted:
+        return f"{owner}, not by " + " or ".join(sorted({owner_name(uid) for uid in trusted}))
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return ""  # a link only its owner can change; a file fails at makedirs, with its own message
+    # A sticky directory (/tmp) lets others add entries but not replace this user's: fine above the cache.
+    writers = [who for bit, who in ((0o020, "its group"), (0o002, "every user")) if st.st_mode & bit]
+    if writers and (top or not st.st_mode & stat.S_ISVTX):
+        return f"{owner} with mode {stat.S_IMODE(st.st_mode):04o}, writable by {' and '.join(writers)}"
+    return ""
+
+
+def check_cache_dir(cache_dir: str) -> None:
+    """Refuse a cache that another user could change: root would follow a symbolic link planted there
+    (the lock, the log, accel.json) and QEMU would boot an image planted there."""
+    tops = {os.path.abspath(cache_dir), os.path.realpath(cache_dir)}
+    for path in cache_dir_chain(cache_dir):
+        why = unsafe_cache_path(path, top=path in tops)
+        if why:
+            me = owner_name(os.geteuid())
+            raise ImageError(
+                f"refusing the image cache {cache_dir}: {path} is {why}, so another user could plant "
+                "files there (symbolic links, a fake image) that the image build, run as root, would "
+                f"follow or boot. Make it {me}'s and writable by {me} only (chown {me} {path}; chmod "
+                f"go-w {path}), or set lab_vm_cache_dir to a directory only {me} can write to"
+            )
+
+
+# -------------------------------------------------------------------------------------------------
 # The image's lock: one build per key at a time
 # -------------------------------------------------------------------------------------------------
 
@@ -478,11 +595,11 @@ def pid_running(pid: Any) -> bool:
     return isinstance(pid, int) and pid > 0 and os.path.exists(f"/proc/{pid}")
 
 
-def read_holder(path: str) -> dict[str, Any]:
-    """The record of the run that last took the lock: pid, since, started (epoch), log, running."""
+def read_holder(fd: int) -> dict[str, Any]:
+    """The record of the run that last took the lock (read from its open descriptor): pid, since,
+    started (epoch), log, running."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.loads(handle.read() or "{}")
+        record = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
     except (OSError, ValueError):
         record = {}
     if not isinstance(record, dict):
@@ -513,14 +630,14 @@ def build_in_progress(cache_dir: str, key: str) -> dict[str, Any]:
     mode): no lock file means no build."""
     path = lock_path(cache_dir, key)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
         return {}
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return {k: v for k, v in read_holder(path).items() if k != "started"}
+            return {k: v for k, v in read_holder(fd).items() if k != "started"}
         fcntl.flock(fd, fcntl.LOCK_UN)
         return {}
     finally:
@@ -543,7 +660,7 @@ class ImageLock:
         """Wait (at most timeout seconds) for the lock; returns the previous holder's record (read
         before writing ours) and the seconds waited. Raises ImageError naming the holder on timeout."""
         with doing(f"opening the image lock {self.path}"):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
         started = time.monotonic()
         try:
             while True:
@@ -553,7 +670,7 @@ class ImageLock:
                 except BlockingIOError:
                     waited = time.monotonic() - started
                     if waited >= timeout:
-                        holder = read_holder(self.path)
+                        holder = read_holder(fd)
                         raise ImageError(
                             f"another run is building this image and still holds its lock {self.path} "
                             f"after {round(waited)} s of waiting: {holder_text(holder, self.path)}. Let "
@@ -562,7 +679,7 @@ class ImageLock:
                             "cleaned up then"
                         ) from None
                     time.sleep(LOCK_POLL_SECONDS)
-            previous = read_holder(self.path)
+            previous = read_holder(fd)
             now = time.time()
             record = {
                 "pid": os.getpid(),
@@ -799,14 +916,51 @@ def run_logged(cmd: list[str], log: Any) -> int:
     ).returncode
 
 
+def read_manifest(path: str) -> dict[str, Any]:
+    """The manifest of the image in directory path, {} when there is none (or not a regular file, or
+    not JSON)."""
+    try:
+        fd = os.open(os.path.join(path, MANIFEST), os.O_RDONLY | NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return {}
+            manifest = json.loads(handle.read(1 << 16))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def finished_image(path: str, key: str) -> dict[str, Any]:
+    """The manifest of the built image of key in path, or {}: the manifest the build writes last names
+    this key and recipe, and the disk, kernel and initrd are regular files of the recorded sizes. A
+    directory without it (made by hand, a build of an older recipe, a copy cut short) is no image."""
+    manifest = read_manifest(path)
+    sizes = manifest.get("bytes")
+    if manifest.get("key") != key or manifest.get("recipe") != RECIPE_VERSION or not isinstance(sizes, dict):
+        return {}
+    for name in IMAGE_FILES:
+        try:
+            st = os.lstat(os.path.join(path, name))
+        except OSError:
+            return {}
+        if not stat.S_ISREG(st.st_mode) or st.st_size != sizes.get(name):
+            return {}
+    return manifest
+
+
 def kernel_release_of(path: str) -> str:
     """Release from the name of the kernel copied out of /boot (recorded in the manifest)."""
-    manifest = os.path.join(path, "manifest.json")
-    try:
-        with open(manifest, encoding="utf-8") as handle:
-            return str(json.load(handle).get("kernel_release", ""))
-    except (OSError, ValueError):
-        return ""
+    return str(read_manifest(path).get("kernel_release", ""))
+
+
+def write_new(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write a file of the cache, never through a symbolic link planted at its name."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def build_image(
@@ -829,7 +983,8 @@ def build_image(
     try:
         os.makedirs(tmp)
         step = f"writing the build log {log_path}"
-        with open(log_path, "w", encoding="utf-8") as log:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o644)
+        with os.fdopen(log_fd, "w", encoding="utf-8") as log:
             log.write(f"building {key}: suite={suite} mirror={mirror or '(mmdebstrap default)'}\n")
             log.writelines(f"{note}\n" for note in notes)
             if run_logged(mmdebstrap_command(suite, mirror, packages, rootdir), log) != 0:
@@ -850,35 +1005,35 @@ def build_image(
             copy_file(os.path.join(rootdir, "boot", f"initrd.img-{release}"), os.path.join(tmp, "initrd.img"))
             disk = os.path.join(tmp, "disk.raw")
             step = f"writing the disk image {disk}"
-            if (
-                run_logged(["mkfs.ext4", "-q", "-F", "-L", "chardev-lab", "-d", rootdir, disk, size], log)
-                != 0
-            ):
+            mkfs = ["mkfs.ext4", "-q", "-F", "-L", "chardev-lab", "-d", rootdir, "--", disk, size]
+            if run_logged(mkfs, log) != 0:
                 raise BuildError("mkfs.ext4")
             step = f"removing the root filesystem {rootdir} (now in the image)"
             remove_build_dir(rootdir)
             step = f"writing the image's manifest in {tmp}"
             # The base is shared by every overlay: nothing may write to it.
             os.chmod(disk, 0o444)
-            with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as handle:
-                json.dump(
-                    {
-                        "key": key,
-                        "suite": suite,
-                        "mirror": mirror,
-                        "packages": sorted(packages),
-                        "size": size,
-                        "recipe": RECIPE_VERSION,
-                        "kernel_release": release,
-                    },
-                    handle,
-                )
+            # Last: the manifest is what marks the image as built (finished_image()).
+            manifest = {
+                "key": key,
+                "suite": suite,
+                "mirror": mirror,
+                "packages": sorted(packages),
+                "size": size,
+                "recipe": RECIPE_VERSION,
+                "kernel_release": release,
+                "bytes": {name: os.lstat(os.path.join(tmp, name)).st_size for name in IMAGE_FILES},
+            }
+            write_new(os.path.join(tmp, MANIFEST), json.dumps(manifest).encode())
             log.write("image complete\n")
         step = f"moving the image into place ({tmp} -> {final})"
+        if os.path.lexists(final) and not finished_image(final, key):
+            # No VM uses it: it was never returned as an image (a directory made by hand, or a link).
+            remove_build_dir(final)
         try:
             os.rename(tmp, final)
         except OSError:
-            if not os.path.isdir(final):
+            if not finished_image(final, key):
                 raise
             # The image was put in place meanwhile (by a run without the lock): keep that one.
             remove_build_dir(tmp)
@@ -949,11 +1104,13 @@ def run(
     The image is built on this host with its own tools (system is not needed for that)."""
     del system
     cache_dir: str = params["cache_dir"]
+    check_inputs(params["mirror"], params["size"])
     key = image_key(params["suite"], params["mirror"], params["packages"], params["size"])
     result = image_result(cache_dir, key) if result is None else result
     result.update(image_result(cache_dir, key))
     path = result["path"]
-    if os.path.isdir(path):
+    check_cache_dir(cache_dir)
+    if finished_image(path, key):
         result["kernel_release"] = kernel_release_of(path)
         return result
     with doing(f"looking for a build of {key} in progress"):
@@ -964,10 +1121,11 @@ def run(
     require_build_tools()
     with doing(f"creating the image cache {cache_dir}"):
         os.makedirs(cache_dir, exist_ok=True)
+    check_cache_dir(cache_dir)  # what makedirs made too
     lock = ImageLock(cache_dir, key)
     previous, result["waited"] = lock.acquire(params["wait_timeout"], result["log"])
     try:
-        if os.path.isdir(path):  # the run we waited for built it
+        if finished_image(path, key):  # the run we waited for built it
             result.update(changed=False, kernel_release=kernel_release_of(path))
             return result
         notes = [
@@ -1007,7 +1165,8 @@ def make_module() -> AnsibleModule:
 def failure_message(exc: BuildError, log_path: str) -> str:
     """The diagnosis of a failed build step, from its log."""
     try:
-        with open(log_path, encoding="utf-8", errors="replace") as handle:
+        fd = os.open(log_path, os.O_RDONLY | NOFOLLOW)
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
             log_text = handle.read()
     except OSError as err:
         return f"the image build failed at step {exc}, and {describe_os_error('reading its log', err)}"

@@ -23,8 +23,9 @@ description:
     running QEMU of this VM) and started again.
   - QEMU runs with its seccomp sandbox (C(-sandbox on,obsolete=deny,resourcecontrol=deny)) and with
     C(no_new_privs) set, so that nothing it runs can gain privileges. When the module runs as root and
-    O(qemu_user) is set, QEMU opens its files (disks, kernel, PID file, console log) as root and then
-    drops to that user (C(-runas)) before the guest runs; the mirror relays it starts run as that user too.
+    O(qemu_user) is set, QEMU opens its files (disks, kernel, PID file, console log, monitor socket) as
+    root and then drops to that user (C(-runas)) before the guest runs; the mirror relays it starts run as
+    that user too. The VM directory stays root's (mode 0700); the account needs no file of its own.
   - A QEMU of this VM is recognized by its own command line (the C(-drive) of this VM's overlay), in
     its PID file or anywhere in C(/proc), and only such a process is ever signalled; a PID file whose
     PID now belongs to another program is only removed. Stopping is SIGTERM, then SIGKILL after
@@ -124,6 +125,8 @@ options:
     description:
       - Unprivileged account QEMU runs as (C(-runas)) when the module runs as root. The account must
         exist; it needs no home and no shell. It must be able to read O(relay) when O(isolated).
+      - One account per VM. An account that a QEMU of another VM runs as (or drops to) is refused, since
+        the guest of either, escaped, could then signal or trace the other's QEMU.
       - Empty, V(root) or the account the module already runs as; QEMU then runs as that account, without
         C(-runas) (as root, that is unsandboxed root next to a guest whose kernel is crashed on purpose).
     type: str
@@ -243,6 +246,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_net import (
+    as_address,
+    own_addresses,
+    resolve,
+    this_machine,
+)
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
 
 OVERLAY = "overlay.qcow2"
@@ -259,6 +268,9 @@ VMS = "vms"
 # Where an isolated guest finds its package mirrors: one address per mirror, inside QEMU's user network
 # (10.0.2.0/24; .2 is the host, .3 DNS, .15 the guest) and outside its DHCP range (.15-.30).
 RELAY_FIRST_IP = 100
+# The guest's name for the control node (QEMU's user network): the image's apt sources name it for a
+# mirror on the control node's loopback (lab_vm_image rewrites 127.0.0.1 and localhost to it).
+GUEST_HOST_ALIAS = "10.0.2.2"
 # The guest's apt sources, as mmdebstrap writes them (one-line or deb822 format).
 APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d/debian.sources")
 _APT_URL_RE = re.compile(r"\b(https?)://([A-Za-z0-9.-]+)(?::(\d+))?(?=[/\s]|$)")
@@ -484,6 +496,25 @@ def is_vm_qemu(argv: Sequence[bytes], vm_dir: str) -> bool:
         return False
     drive = f"file={qemu_value(os.path.join(vm_dir, OVERLAY))},".encode()
     return any(opt == b"-drive" and arg.startswith(drive) for opt, arg in itertools.pairwise(argv))
+
+
+def qemus_of_other_vms(user: pwd.struct_passwd, vm_dir: str, proc: str = "/proc") -> list[int]:
+    """QEMUs that run as user, or were started to drop to it (-runas), other than this VM's own: a QEMU
+    account shared by two VMs would let one's escaped guest signal or ptrace the other's QEMU."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(proc):
+            argv = cmdline(int(entry), proc) if entry.isdigit() else []
+            if not argv or not os.path.basename(argv[0]).startswith(b"qemu") or is_vm_qemu(argv, vm_dir):
+                continue
+            runas = [arg for opt, arg in itertools.pairwise(argv) if opt == b"-runas"]
+            try:
+                uid = os.stat(os.path.join(proc, entry)).st_uid
+            except OSError:
+                continue
+            if uid == user.pw_uid or user.pw_name.encode() in runas:
+                found.append(int(entry))
+    return sorted(found)
 
 
 def running_pid(vm_dir: str, proc: str = "/proc") -> int:
@@ -735,12 +766,20 @@ class Vm:
                 "leave qemu_user empty (QEMU then runs as you) or run as root"
             )
         try:
-            pwd.getpwnam(user)
+            account = pwd.getpwnam(user)
         except KeyError:
             raise VmError(
                 f"qemu_user {user} does not exist: create it (the lab_vm role does when it runs as root: "
                 f"useradd --system --no-create-home --shell /usr/sbin/nologin {user})"
             ) from None
+        others = qemus_of_other_vms(account, self.dir)
+        if others:
+            raise VmError(
+                f"qemu_user {user} is the account of another VM's QEMU already (pid "
+                f"{', '.join(map(str, others))}: ps -o user,cmd -p {others[0]}): each VM's QEMU needs an "
+                "account of its own, or an escaped guest could signal or trace the other VM's QEMU. Give "
+                f"{self.p['name']} its own qemu_user (the lab_vm role makes one per VM)"
+            )
         return user
 
     def check_relay(self, user: str) -> None:
@@ -774,14 +813,39 @@ class Vm:
                 f"no package mirror found in the apt sources of {self.p['disk']}: an isolated VM could "
                 "not reach any; rebuild the image, or set lab_vm_isolated: false"
             )
-        local = [host for host, _port in endpoints if host in ("10.0.2.2", "localhost", "127.0.0.1")]
-        if local:
-            raise VmError(
-                "the image's apt sources point at the control node itself (an apt proxy on its "
-                "loopback, seen as 10.0.2.2 in the guest), which an isolated VM cannot reach: "
-                "use a mirror or proxy by name or non-loopback address, or set lab_vm_isolated: false"
-            )
+        own = own_addresses(self.system.read_text)
+        for host, port in endpoints:
+            why = self.local_destination(host, port, own)
+            if why:
+                raise VmError(
+                    f"the image's apt sources point at the control node itself ({host}: {why}), which "
+                    "an isolated VM must not reach: its relay would lead the guest to this machine's own "
+                    "services. Use a mirror or proxy on another machine (by name or address), or set "
+                    "lab_vm_isolated: false"
+                )
         return relay_forwards(endpoints)
+
+    @staticmethod
+    def local_destination(host: str, port: int, own: frozenset[Any]) -> str:
+        """Why a relay to host:port would reach the control node, or "": by every address host
+        resolves to (a spelling such as 127.0.1.1, 0.0.0.0 or a name of this machine would pass a
+        comparison of names), and 10.0.2.2, the guest's own name for the host."""
+        if host == GUEST_HOST_ALIAS:
+            return "the guest's name for the control node (an apt proxy on its loopback)"
+        try:
+            addresses = resolve(host, port)
+        except OSError as exc:
+            raise VmError(
+                f"the mirror host {host} of the image's apt sources does not resolve on the control node "
+                f"({exc.strerror or exc}): its relay could not reach it, and an address that cannot be "
+                f"checked is not let through. Check the control node's DNS (getent hosts {host}) and run "
+                "again, or set lab_vm_isolated: false"
+            ) from None
+        for text in addresses:
+            why = this_machine(as_address(text), own)
+            if why:
+                return f"it resolves to {text}, {why}" if text != host else why
+        return ""
 
     def host_key_pub(self) -> str:
         try:
@@ -886,6 +950,9 @@ class Vm:
         run_as = self.run_as()
         with doing(f"create the VM directory {self.dir}"):
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
+            # Root's alone, whatever made it: no VM's QEMU account may open another VM's files (nor its
+            # own: QEMU opens them as root before -runas, and writes only through those descriptors).
+            os.chmod(self.dir, 0o700)
         self.check_free_space("start the VM")
         if not os.path.exists(self.path(OVERLAY)):
             cmd = [

@@ -4,8 +4,10 @@ through a scripted system, and the module with TCG asked for (no probe). Nothing
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ansible_collections.chardev_lab.lab.plugins.modules import lab_vm_accel
@@ -98,3 +100,85 @@ def test_run_probe(tmp_path: Path, rc: int, console: str, accel: str, reason: st
     (argv,) = system.commands
     assert argv[:3] == ["timeout", "--kill-after=5", "7"]
     assert argv[3:6] == ["/usr/bin/qemu-system-x86_64", "-accel", "kvm"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache file: never through a symbolic link; a write that fails is a warning, never a traceback
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def probing(tmp_path: Path) -> tuple[FakeSystem, dict[str, object]]:
+    """A system where KVM can be probed (its /dev/kvm, a QEMU, a kernel that panics as expected)."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/kvm").write_text("")
+    (tmp_path / "dev/kvm").chmod(0o666)
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.write_text("#!/bin/sh\n")
+    qemu.chmod(0o755)
+    (tmp_path / "vmlinuz").write_text("kernel")
+    (tmp_path / "cache").mkdir()
+    args = {
+        "kernel": str(tmp_path / "vmlinuz"),
+        "cache_file": str(tmp_path / "cache/accel.json"),
+        "qemu": str(qemu),
+    }
+    return FakeSystem(tmp_path, scripted_probe(1, CONSOLE_PANIC)), args
+
+
+def test_the_verdict_is_cached(
+    probing: tuple[FakeSystem, dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    system, args = probing
+    first = run_module(lab_vm_accel, args, capsys, system)
+    assert (first["accel"], first["cached"]) == ("kvm", False)
+    second = run_module(lab_vm_accel, args, capsys, system)
+    assert (second["accel"], second["cached"]) == ("kvm", True)
+    assert len(system.commands) == 1 and system.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("err", "fix"),
+    [
+        (errno.ENOSPC, "free some space there (df -h)"),
+        (errno.EACCES, "make that directory writable by the user who runs the lab"),
+    ],
+    ids=["full", "denied"],
+)
+def test_a_cache_write_that_fails_is_a_warning(
+    probing: tuple[FakeSystem, dict[str, object]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    err: int,
+    fix: str,
+) -> None:
+    system, args = probing
+    real_open = os.open
+
+    def fake_open(path: str, flags: int, *rest: Any, **kwargs: Any) -> int:
+        if path == args["cache_file"] and flags & os.O_WRONLY:
+            raise OSError(err, os.strerror(err), path)
+        return real_open(path, flags, *rest, **kwargs)
+
+    monkeypatch.setattr(lab_vm_accel.os, "open", fake_open)
+    result = run_module(lab_vm_accel, args, capsys, system)
+    assert result.get("failed") is not True and result["accel"] == "kvm"
+    (warning,) = system.warnings
+    assert warning.startswith(
+        f"could not save the KVM probe's verdict in {args['cache_file']}: {os.strerror(err)}"
+    )
+    assert "the next one probes again" in warning and fix in warning
+
+
+def test_a_link_at_the_cache_file_is_never_followed(
+    probing: tuple[FakeSystem, dict[str, object]], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    system, args = probing
+    victim = tmp_path / "victim"
+    victim.write_text('{"key": "x", "accel": "tcg", "reason": "planted"}')
+    Path(str(args["cache_file"])).symlink_to(victim)
+    result = run_module(lab_vm_accel, args, capsys, system)
+    assert (result["accel"], result["cached"]) == ("kvm", False)  # probed: the link was not read
+    assert victim.read_text() == '{"key": "x", "accel": "tcg", "reason": "planted"}'
+    (warning,) = system.warnings
+    assert "Too many levels of symbolic links" in warning and "remove it" in warning

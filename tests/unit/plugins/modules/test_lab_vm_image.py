@@ -223,6 +223,7 @@ def test_mmdebstrap_command() -> None:
         "--variant=minbase",
         f"--include={include}",
         f"--essential-hook={lab_vm_image.initramfs_hook()}",
+        "--",
         "trixie",
         "/tmp/root",
         PROXY,
@@ -374,6 +375,12 @@ def test_build_image_success(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     manifest = json.loads((image / "manifest.json").read_text())
     assert manifest["mirror"] == PROXY
     assert manifest["recipe"] == lab_vm_image.RECIPE_VERSION
+    # The manifest, written last, records what makes the image a finished one.
+    assert manifest["bytes"] == {"disk.raw": 4, "vmlinuz": 6, "initrd.img": 6}
+    assert lab_vm_image.finished_image(str(image), key) == manifest
+    # The disk and its size reach mkfs.ext4 after "--": never taken for options.
+    (mkfs,) = [c for c in tools.commands if c[0] == "mkfs.ext4"]
+    assert mkfs[-3:] == ["--", mkfs[-2], "4G"] and mkfs[-2].endswith("/disk.raw")
 
 
 def test_kernel_release_of_missing_manifest(tmp_path: Path) -> None:
@@ -767,3 +774,248 @@ def test_main_fails_with_a_message_not_a_traceback(
 def test_describe_os_error_without_a_path() -> None:
     msg = lab_vm_image.describe_os_error("reading x", OSError(errno.EIO, "Input/output error"))
     assert msg == "reading x failed: Input/output error: check that path and run again"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mirror and the size: checked where they enter (they reach mmdebstrap and mkfs.ext4)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    ["", MIRROR, PROXY, "https://deb.debian.org/debian", "http://[2001:db8::1]:3142/debian/"],
+)
+def test_mirrors_that_are_urls_pass(mirror: str) -> None:
+    lab_vm_image.check_inputs(mirror, "4G")
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    [
+        "--include=evil",
+        "-",
+        "ftp://deb.example/debian",
+        "deb.example/debian",
+        "http://",
+        "http:///debian",
+        "http://deb.example/deb ian",
+        "http://deb.example/debian\nhttp://other",
+        "http://deb.example:99999/debian",
+        "http://[::1/debian",
+    ],
+)
+def test_mirrors_that_are_not_urls_are_refused(cache: Path, mirror: str) -> None:
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache, mirror=mirror), True, System())
+    assert str(raised.value).startswith(f"lab_vm_mirror {mirror!r} is not a mirror URL: it must be an http")
+    assert "fix lab_vm_mirror" in str(raised.value)
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("size", ["4G", "6000M", "512k", "1000000"])
+def test_sizes_pass(size: str) -> None:
+    lab_vm_image.check_inputs("", size)
+
+
+@pytest.mark.parametrize("size", ["", "--help", "-4G", "0", "4 G", "4GB", "4T", "4G\n", "0x10G"])
+def test_sizes_that_are_not_sizes_are_refused(cache: Path, size: str) -> None:
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache, size=size), True, System())
+    assert str(raised.value).startswith(f"lab_vm_image_size {size!r} is not a size: it must be a number")
+    assert not cache.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A cache that another user could change, planted links, planted images
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o1777])
+def test_a_cache_others_can_write_to_is_refused(cache: Path, mode: int) -> None:
+    cache.mkdir()
+    cache.chmod(mode)
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache), True, System())
+    msg = str(raised.value)
+    assert msg.startswith(f"refusing the image cache {cache}: {cache} is owned by ")
+    assert f"with mode {mode & 0o7777:04o}, writable by " in msg
+    assert f"chmod go-w {cache}" in msg and "lab_vm_cache_dir" in msg
+
+
+def test_a_parent_others_can_write_to_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab_vm_image, "require_build_tools", lambda: None)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(shared / "a/cache"), False, System())
+    assert f"{shared} is owned by " in str(raised.value)
+    assert "writable by its group and every user" in str(raised.value)
+    assert not (shared / "a").exists()  # refused before anything is made in it
+
+
+def test_a_sticky_parent_is_fine(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp: others cannot replace what is this user's
+    plan = lab_vm_image.run(params(shared / "cache"), True, System())
+    assert plan["changed"] is True
+
+
+def test_a_link_to_a_cache_others_can_write_to_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    (shared / "cache").mkdir(parents=True)
+    shared.chmod(0o777)
+    (tmp_path / "link").symlink_to(shared / "cache")
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(tmp_path / "link"), True, System())
+    assert f"{shared} is owned by " in str(raised.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_cache_of_another_user_is_refused(cache: Path) -> None:
+    cache.mkdir()
+    os.chown(cache, 65534, 65534)
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache), True, System())
+    assert f"{cache} is owned by {lab_vm_image.owner_name(65534)}, not by root, so " in str(raised.value)
+
+
+def test_the_cache_chain_stops_at_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    me = lab_vm_image.pwd.getpwuid(os.geteuid())
+    moved = lab_vm_image.pwd.struct_passwd((*me[:5], str(home), me[6]))
+    monkeypatch.setattr(lab_vm_image.pwd, "getpwuid", lambda uid: moved)
+    chain = lab_vm_image.cache_dir_chain(str(home / ".cache/chardev-lab/images"))
+    assert chain == [
+        str(home / ".cache/chardev-lab/images"),
+        str(home / ".cache/chardev-lab"),
+        str(home / ".cache"),
+        str(home),
+    ]
+    assert lab_vm_image.cache_dir_chain("/var/cache/x")[-1] == "/"
+
+
+@pytest.mark.parametrize("name", ["lock", "log"])
+def test_a_planted_link_is_never_followed(cache: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setattr(lab_vm_image, "run_logged", FakeTools())
+    cache.mkdir()
+    victim = cache.parent / "victim"
+    victim.write_text("precious\n")
+    key = key_of(params(cache))
+    (cache / f"{key}.{name}").symlink_to(victim)
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache), False, System())
+    assert "Too many levels of symbolic links" in str(raised.value)
+    assert f"{cache}/{key}.{name}" in str(raised.value)
+    assert victim.read_text() == "precious\n"
+    assert not (cache / key).exists()
+
+
+def test_a_link_at_the_lock_is_not_followed_in_check_mode(cache: Path) -> None:
+    cache.mkdir()
+    victim = cache.parent / "victim"
+    victim.write_text('{"pid": 1}')
+    (cache / f"{key_of(params(cache))}.lock").symlink_to(victim)
+    with pytest.raises(lab_vm_image.ImageError) as raised:
+        lab_vm_image.run(params(cache), True, System())
+    assert "Too many levels of symbolic links" in str(raised.value)
+
+
+def planted_image(cache: Path, key: str, manifest: dict[str, Any] | None = None) -> Path:
+    image = cache / key
+    image.mkdir(parents=True)
+    for name in ("disk.raw", "vmlinuz", "initrd.img"):
+        (image / name).write_bytes(b"planted")
+    if manifest is not None:
+        (image / "manifest.json").write_text(json.dumps(manifest))
+    return image
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        None,
+        {"key": "other", "recipe": lab_vm_image.RECIPE_VERSION, "bytes": {}},
+        {"recipe": 3, "kernel_release": RELEASE},  # an image of the recipe before the marker
+        {"bytes": {"disk.raw": 4096, "vmlinuz": 7, "initrd.img": 7}},  # sizes that are not the files'
+    ],
+    ids=["no-manifest", "other-key", "old-recipe", "wrong-sizes"],
+)
+def test_a_directory_without_the_marker_is_no_image(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, manifest: dict[str, Any] | None
+) -> None:
+    tools = FakeTools()
+    monkeypatch.setattr(lab_vm_image, "run_logged", tools)
+    p = params(cache)
+    key = key_of(p)
+    if manifest is not None:
+        manifest = {"key": key, "recipe": lab_vm_image.RECIPE_VERSION, **manifest}
+    image = planted_image(cache, key, manifest)
+    plan = lab_vm_image.run(p, True, System())
+    assert plan["changed"] is True and plan["kernel_release"] == ""
+    built = lab_vm_image.run(p, False, System())
+    assert built["changed"] is True and tools.builds() == 1
+    # Replaced by the image the build made.
+    assert (image / "vmlinuz").read_bytes() == b"kernel"
+    assert lab_vm_image.finished_image(str(image), key)
+    assert lab_vm_image.run(p, True, System())["changed"] is False
+
+
+def test_a_planted_link_at_the_image_is_no_image(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab_vm_image, "run_logged", FakeTools())
+    p = params(cache)
+    key = key_of(p)
+    elsewhere = planted_image(cache.parent / "elsewhere", key)
+    cache.mkdir()
+    (cache / key).symlink_to(elsewhere)
+    assert lab_vm_image.run(p, True, System())["changed"] is True
+    lab_vm_image.run(p, False, System())
+    assert not (cache / key).is_symlink()
+    assert (elsewhere / "disk.raw").read_bytes() == b"planted"  # the link was removed, not followed
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache's writes on a full disk or a refused write: a message, never a traceback
+# ---------------------------------------------------------------------------------------------------
+
+
+def failing_open(monkeypatch: pytest.MonkeyPatch, suffix: str, err: int) -> None:
+    real_open = os.open
+
+    def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith(suffix) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(lab_vm_image.os, "open", fake_open)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "err", "what", "fix"),
+    [
+        (".lock", errno.ENOSPC, "opening the image lock", "the disk is full"),
+        (".lock", errno.EACCES, "opening the image lock", "check the owner and mode of lab_vm_cache_dir"),
+        (".log", errno.ENOSPC, "writing the build log", "the disk is full"),
+        (".log", errno.EACCES, "writing the build log", "check the owner and mode of lab_vm_cache_dir"),
+        ("manifest.json", errno.ENOSPC, "writing the image's manifest", "the disk is full"),
+    ],
+    ids=["lock-full", "lock-denied", "log-full", "log-denied", "manifest-full"],
+)
+def test_cache_writes_that_fail_are_answered(
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    suffix: str,
+    err: int,
+    what: str,
+    fix: str,
+) -> None:
+    monkeypatch.setattr(lab_vm_image, "run_logged", FakeTools())
+    failing_open(monkeypatch, suffix, err)
+    out = run_module(lab_vm_image, {"cache_dir": str(cache)}, capsys)
+    assert out["failed"] is True
+    assert out["msg"].startswith(what), out["msg"]
+    assert f"failed: {os.strerror(err)} (" in out["msg"] and fix in out["msg"]
+    assert not (cache / out["key"]).exists()

@@ -32,6 +32,8 @@ from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import (
     FakeClock,
     FakeHost,
     FakeStatvfs,
+    FakeSystem,
+    data_text,
     option,
     run_module,
 )
@@ -976,6 +978,7 @@ def test_relay_must_be_readable_by_the_qemu_user(
         "read_image_files",
         lambda disk, paths: "deb http://deb.example/debian bookworm main\n",
     )
+    monkeypatch.setattr(lab_vm_instance, "resolve", lambda host, port: ["203.0.113.80"])
     private = fleet.root / "private"
     private.mkdir(mode=0o700)
     relay = private / "lab_vm_relay.py"
@@ -987,3 +990,129 @@ def test_relay_must_be_readable_by_the_qemu_user(
     assert result["failed"] is True
     assert f"the mirror relay {relay} cannot be read by nobody" in result["msg"]
     assert not fleet.argv_file.exists()
+
+
+@pytest.mark.skipif(not ROOT, reason="-runas needs root")
+def test_an_account_another_vm_runs_as_is_refused(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    first = boot(fleet, capsys, qemu_user="nobody")
+    fleet.argv_file.unlink()
+    second = fleet.args(name="lab-vm-2", ssh_port=free_port(), qemu_user="nobody")
+    result = run_module(lab_vm_instance, second, capsys)
+    assert result["failed"] is True
+    assert result["msg"].startswith(
+        f"qemu_user nobody is the account of another VM's QEMU already (pid {first}:"
+    )
+    assert "each VM's QEMU needs an account of its own" in result["msg"]
+    assert not fleet.argv_file.exists()  # its QEMU was never started
+    # The VM's own QEMU does not count: lab-vm-1 restarts (a new configuration) as nobody again.
+    assert boot(fleet, capsys, qemu_user="nobody", memory=512) != first
+    assert fleet.qemu_argv()[fleet.qemu_argv().index("-runas") + 1] == "nobody"
+
+
+def test_qemus_of_other_vms(tmp_path: Path) -> None:
+    nobody = lab_vm_instance.pwd.getpwnam("nobody")
+    mine = ["qemu-system-x86_64", "-drive", "file=/f/vms/a/overlay.qcow2,if=virtio", "-runas", "nobody"]
+    other = ["qemu-system-x86_64", "-drive", "file=/f/vms/b/overlay.qcow2,if=virtio", "-runas", "nobody"]
+    elsewhere = [
+        "qemu-system-x86_64",
+        "-drive",
+        "file=/f/vms/c/overlay.qcow2,if=virtio",
+        "-runas",
+        "chardev-lab-c",
+    ]
+    not_qemu = ["sleep", "-runas", "nobody"]
+    for pid, argv in ((10, mine), (11, other), (12, elsewhere), (13, not_qemu)):
+        proc = fake_proc(tmp_path, pid, argv)
+    assert lab_vm_instance.qemus_of_other_vms(nobody, "/f/vms/a", str(proc)) == [11]
+    assert lab_vm_instance.qemus_of_other_vms(nobody, "/f/vms/b", str(proc)) == [10]
+
+
+def test_the_vm_directory_is_roots_alone(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet.vm_dir().mkdir(parents=True, mode=0o755)
+    fleet.vm_dir().chmod(0o755)
+    boot(fleet, capsys)
+    assert stat.S_IMODE(fleet.vm_dir().stat().st_mode) == 0o700
+
+
+# ---------------------------------------------------------------------------------------------------
+# The relays of an isolated VM never lead back to the control node
+# ---------------------------------------------------------------------------------------------------
+
+# A control node with 192.0.2.2/24 and fd00::2 on eth0 (tests/unit/data/proc-net/README.md).
+FIB_TRIE = data_text("proc-net", "fib_trie.txt")
+IF_INET6 = data_text("proc-net", "if_inet6.txt")
+
+
+def isolated_vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sources: str) -> lab_vm_instance.Vm:
+    host = FakeHost(tmp_path / "host")
+    host.write("/proc/net/fib_trie", FIB_TRIE)
+    host.write("/proc/net/if_inet6", IF_INET6)
+    monkeypatch.setattr(lab_vm_instance, "read_image_files", lambda disk, paths: sources)
+    params = {"name": "lab-vm-1", "vm_dir": str(tmp_path / "vms/lab-vm-1"), "isolated": True, "disk": "/d"}
+    return lab_vm_instance.Vm(params, False, FakeSystem(tmp_path / "host"))
+
+
+@pytest.mark.parametrize(
+    ("mirror", "why"),
+    [
+        ("127.0.0.1", "a loopback address"),
+        ("127.0.1.1", "a loopback address"),
+        ("127.0.0.2", "a loopback address"),
+        ("localhost", "a loopback address"),
+        ("0.0.0.0", "the unspecified address"),
+        ("10.0.2.2", "the guest's name for the control node"),
+        ("169.254.169.254", "a link-local address"),
+        ("192.0.2.2", "one of this machine's own addresses"),
+    ],
+)
+def test_a_mirror_on_the_control_node_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mirror: str, why: str
+) -> None:
+    vm = isolated_vm(tmp_path, monkeypatch, f"deb http://{mirror}:3142/debian bookworm main\n")
+    with pytest.raises(lab_vm_instance.VmError) as raised:
+        vm.forwards()
+    assert str(raised.value).startswith("the image's apt sources point at the control node itself (")
+    assert why in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.1.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("::", "the unspecified address"),
+        ("fd00::2", "one of this machine's own addresses"),
+        ("fe80::1%eth0", "a link-local address"),
+    ],
+)
+def test_a_mirror_name_that_resolves_to_the_control_node_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str, why: str
+) -> None:
+    vm = isolated_vm(tmp_path, monkeypatch, "deb http://apt-proxy.example:3142/debian bookworm main\n")
+    monkeypatch.setattr(lab_vm_instance, "resolve", lambda host, port: ["203.0.113.9", address])
+    with pytest.raises(lab_vm_instance.VmError) as raised:
+        vm.forwards()
+    assert f"(apt-proxy.example: it resolves to {address}, {why}" in str(raised.value)
+
+
+def test_a_mirror_that_does_not_resolve_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vm = isolated_vm(tmp_path, monkeypatch, "deb http://deb.example/debian bookworm main\n")
+
+    def unknown(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(lab_vm_instance, "resolve", unknown)
+    with pytest.raises(lab_vm_instance.VmError) as raised:
+        vm.forwards()
+    assert str(raised.value).startswith(
+        "the mirror host deb.example of the image's apt sources does not resolve on the control node "
+        "(Name or service not known)"
+    )
+    assert "getent hosts deb.example" in str(raised.value)
+
+
+def test_a_mirror_elsewhere_gets_its_relay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vm = isolated_vm(tmp_path, monkeypatch, "deb http://deb.example/debian bookworm main\n")
+    monkeypatch.setattr(lab_vm_instance, "resolve", lambda host, port: ["203.0.113.80", "2001:db8::80"])
+    assert vm.forwards() == [lab_vm_instance.Forward("10.0.2.100", "deb.example", 80)]
