@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import signal
+import stat as stat_module
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -314,3 +315,60 @@ def task_to_dict(task: TaskEvidence) -> dict[str, Any]:
 def read_optional(path: str) -> str | None:
     """The text of a file, or None when it does not exist or cannot be read."""
     return _read_text(path)
+
+
+@dataclass(frozen=True)
+class Holders:
+    """The processes that have a device open, and the /proc/<pid>/fd directories that could not be read
+    (a holder there cannot be ruled out)."""
+
+    found: tuple[dict[str, Any], ...] = ()
+    unreadable: tuple[str, ...] = ()
+
+
+def device_holders(
+    root: str,
+    device: str,
+    major: int | None,
+    stat: Callable[[str], os.stat_result] = os.stat,
+) -> Holders:
+    """Every process below root with an open file on the device: an fd whose link is the device's path
+    (also once the node was removed: "<path> (deleted)"), or any character device node whose major is
+    the driver's (a node made elsewhere, with mknod, reaches the same driver). A reference count does not
+    tell: the crash variant's stays 0 while its file is open, so /proc is read. A process that exits while
+    it is read is skipped."""
+    try:
+        names = os.listdir(os.path.join(root, "proc"))
+    except OSError as exc:
+        return Holders(unreadable=(f"{os.path.join(root, 'proc')}: {exc.strerror or exc}",))
+    found: list[dict[str, Any]] = []
+    unreadable: list[str] = []
+    for pid in sorted(int(name) for name in names if name.isdigit()):
+        fd_dir = proc_path(root, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            unreadable.append(f"/proc/{pid}/fd: {exc.strerror or exc}")
+            continue
+        for fd in sorted(fds, key=lambda name: int(name) if name.isdigit() else -1):
+            link = os.path.join(fd_dir, fd)
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            held = target in (device, f"{device} (deleted)")
+            if not held and major is not None and target.startswith("/"):
+                try:
+                    st = stat(link)
+                except OSError:
+                    continue
+                held = stat_module.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == major
+            if held:
+                task = read_task_state(root, pid)
+                found.append(
+                    {"pid": pid, "comm": task.comm if task else None, "fd": int(fd), "target": target}
+                )
+                break
+    return Holders(tuple(found), tuple(unreadable))

@@ -1,18 +1,20 @@
 #!/usr/bin/python
 # Copyright: chardev-lab contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Decide on the target whether the chardev module may be loaded there: never into the control node's
-kernel, a container or a chroot only when the inventory allows it and never for the crash variant."""
+"""Decide on the target whether the lab may change it: never the control node's kernel, a container or a
+chroot only when the inventory allows it and never for the crash variant, and never a host whose
+inventory name is not a safe path component on the control node."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: chardev_guard
-short_description: Refuse the control node, containers and chroots before the chardev module is built
+short_description: Refuse the control node, containers, chroots and unsafe host names before a change
 description:
   - Reads, on the target, the facts that tell which kernel a task runs on and how it is isolated, and
-    fails with a message citing them when the chardev teaching module must not be loaded there.
+    fails with a message citing them when the lab must not change the host (build or load the chardev
+    teaching module, install packages, reboot, manage accounts).
   - The control node is recognised by its kernel, not by names that can disagree. The boot id
     (C(/proc/sys/kernel/random/boot_id)) is drawn at each boot and is the same in every namespace,
     chroot and container of one kernel, so a target whose boot id equals O(controller_boot_id) runs
@@ -32,6 +34,10 @@ description:
     of C(/proc/1/root) (the root of pid 1) with those of C(/).
   - A container or chroot shares the kernel of the machine it runs on. It is refused unless
     O(allow_container) is true, and always when O(crash) is true.
+  - The host's inventory name (O(inventory_hostname)) becomes a file or directory name on the control
+    node (its results, its VM directory, its account record). It is refused unless it is one safe path
+    component - 1 to 63 letters, digits, C(.), C(_) and C(-), not starting with C(.) or C(-), without
+    C(..) - whatever the other options say.
   - Facts that cannot be read fail safe. An unreadable boot id (the target's or the control node's)
     is refused whatever the options; evidence of containment that cannot be read (C(/proc/1/environ)
     or C(/proc/1/root) without root privileges) counts as a possible container.
@@ -40,6 +46,11 @@ version_added: "1.0.0"
 author:
   - chardev-lab contributors (@chardev-lab)
 options:
+  inventory_hostname:
+    description:
+      - The host's name in the inventory (C(inventory_hostname)), checked as a path component.
+    type: str
+    required: true
   connection:
     description:
       - The connection plugin that reaches the target (C(ansible_connection)), short or fully
@@ -93,8 +104,9 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Refuse the control node, a container or a chroot
+- name: Refuse the control node, a container, a chroot or an unsafe host name
   chardev_lab.lab.chardev_guard:
+    inventory_hostname: "{{ inventory_hostname }}"
     connection: "{{ ansible_connection | default('ssh') }}"
     # Lookups run on the control node: these are the control node's own files.
     controller_boot_id: "{{ lookup('file', '/proc/sys/kernel/random/boot_id', errors='ignore') }}"
@@ -107,6 +119,7 @@ EXAMPLES = r"""
 
 - name: Only read the evidence (the module fails when it refuses; here the result is inspected)
   chardev_lab.lab.chardev_guard:
+    inventory_hostname: pc-01.classroom.example.org
     connection: ssh
     controller_boot_id: 23074dcb-6d6b-48ce-a44f-4de67ee446e7
   register: __guard
@@ -126,7 +139,7 @@ refusals:
   elements: dict
   contains:
     reason:
-      description: V(control_node), V(container), V(chroot) or V(unknown).
+      description: V(control_node), V(container), V(chroot), V(host_name) or V(unknown).
       returned: always
       type: str
       sample: control_node
@@ -146,6 +159,11 @@ refusals:
       type: str
       sample: Nothing allows loading the module into the control node's kernel.
   sample: []
+inventory_hostname:
+  description: The host name as given.
+  returned: always
+  type: str
+  sample: pc-01.classroom.example.org
 connection:
   description: The connection as given.
   returned: always
@@ -244,9 +262,11 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import path_component_problem
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import System
 
 ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "inventory_hostname": {"type": "str", "required": True},
     "connection": {"type": "str", "required": True},
     "controller_boot_id": {"type": "str", "required": True},
     "controller_machine_ids": {"type": "list", "elements": "str", "default": []},
@@ -574,7 +594,7 @@ class Controller:
 
 @dataclasses.dataclass(frozen=True)
 class Refusal:
-    reason: str  # control_node, container, chroot, unknown
+    reason: str  # control_node, container, chroot, host_name, unknown
     detected: str
     evidence: str
     remedy: str
@@ -717,10 +737,32 @@ def containment_refusals(
     return refusals, warnings
 
 
+def host_name_refusals(inventory_hostname: str) -> list[Refusal]:
+    """The host's name becomes a path on the control node (<lab_state_dir>/results/<host>.json, ...): a
+    name such as ../../x would write outside. Nothing allows it."""
+    problem = path_component_problem(inventory_hostname)
+    if problem is None:
+        return []
+    return [
+        Refusal(
+            "host_name",
+            "a host name that is not a safe file name on the control node",
+            f"inventory_hostname {inventory_hostname!r}: {problem}",
+            "Rename the host in the inventory (1 to 63 letters, digits, '.', '_' and '-', not starting with"
+            " '.' or '-', no '..'), and give its address as ansible_host.",
+        )
+    ]
+
+
 def decide(
-    facts: TargetFacts, controller: Controller, connection: str, allow_container: bool, crash: bool
+    facts: TargetFacts,
+    controller: Controller,
+    connection: str,
+    allow_container: bool,
+    crash: bool,
+    inventory_hostname: str,
 ) -> Decision:
-    refusals = control_node_refusals(facts, controller, connection)
+    refusals = host_name_refusals(inventory_hostname) + control_node_refusals(facts, controller, connection)
     more, warnings = containment_refusals(facts, connection, allow_container, crash)
     return Decision(tuple(refusals + more), tuple(warnings))
 
@@ -728,13 +770,16 @@ def decide(
 def failure_message(decision: Decision, crash: bool) -> str:
     """What was detected, from which evidence, and what to do. When the host is the control node, the
     remedies for containers (which could not help) are left out."""
-    what = "the crash variant of the chardev module" if crash else "the chardev module"
+    what = "the crash variant of the chardev module" if crash else "the chardev lab"
     found = "; ".join(f"{r.detected} ({r.evidence})" for r in decision.refusals)
     control_node = [r for r in decision.refusals if r.reason == "control_node"]
+    # A bad host name must be fixed whatever the host is: its remedy shows with the control node's.
+    if control_node:
+        control_node += [r for r in decision.refusals if r.reason == "host_name"]
     remedies = " ".join(dict.fromkeys(r.remedy for r in control_node or decision.refusals))
     return (
         f"The chardev guard refuses this host for {what}. Detected: {found}. {remedies}"
-        f" Nothing was built or loaded. {FLEET_ADVICE}"
+        f" Nothing was changed on the host. {FLEET_ADVICE}"
     )
 
 
@@ -753,7 +798,14 @@ def run(
     facts = read_target_facts(system, os.environ if environ is None else environ)
     controller = Controller.from_params(params["controller_boot_id"], params["controller_machine_ids"] or [])
     connection = params["connection"]
-    decision = decide(facts, controller, connection, bool(params["allow_container"]), bool(params["crash"]))
+    decision = decide(
+        facts,
+        controller,
+        connection,
+        bool(params["allow_container"]),
+        bool(params["crash"]),
+        params["inventory_hostname"],
+    )
     kernel_release = first_line(facts.osrelease) or None
     container_detected: bool | None = bool(facts.container.evidence) or (
         None if facts.container.unreadable else False
@@ -763,6 +815,7 @@ def run(
         "allowed": decision.allowed,
         "refusals": [refusal.as_dict() for refusal in decision.refusals],
         "warnings": list(decision.warnings),
+        "inventory_hostname": params["inventory_hostname"],
         "connection": connection,
         "connection_kind": connection_kind(connection),
         "boot_id": normalise_boot_id(facts.boot_id.text),

@@ -105,7 +105,7 @@ EXPECTED = [
 
 def play_vars() -> dict[str, Any]:
     plays = LOADER.load_from_file(str(PLAYBOOK), trusted_as_template=True)
-    play = next(p for p in plays if p["hosts"] == "localhost")
+    play = next(p for p in plays if p.get("hosts") == "localhost")
     return dict(play["vars"])
 
 

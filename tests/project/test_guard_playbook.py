@@ -11,21 +11,20 @@ tests/unit/plugins/modules/test_chardev_guard.py.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import ansible_command, ansible_env
+from ansible_collections.chardev_lab.lab.tests.unit.plugins.fakes import run_playbook, task_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLE_TASKS = REPO_ROOT / "roles" / "chardev" / "tasks"
 REFUSAL = "The chardev guard refuses this host"
-GUARD_TASK = "Refuse the control node, a container or a chroot (one read-only check on the target)"
+GUARD_TASK = "Refuse the control node, a container, a chroot or an unsafe host name, read on the target"
 REMOVED_TASK = "Refuse chardev_allow_control_node, which no longer exists"
+OPT_IN_TASK = "Refuse the crash variant on a host that did not opt in to the crash"
 
 
 def tasks_of(path: Path) -> list[dict[str, Any]]:
@@ -72,32 +71,10 @@ class Lab:
             "chardev_source_dir": str(self.no_sources),
             **extra_vars,
         }
-        # The project's ansible.cfg, which finds the collection (ansible_env).
-        env = ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json")
-        proc = subprocess.run(
-            [
-                ansible_command("ansible-playbook"),
-                "-i",
-                str(self.inventory),
-                str(self.playbook(tasks)),
-                "-e",
-                json.dumps(extra_vars),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env=env,
-            cwd=self.tmp,
+        # The project's ansible.cfg, which finds the collection.
+        return run_playbook(
+            self.inventory, self.playbook(tasks), *extra, extra_vars=extra_vars, cwd=self.tmp, timeout=120
         )
-        return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
-
-
-def task_name(task: dict[str, Any]) -> str:
-    """A task's name without the "chardev_lab.lab.chardev : " that the json callback puts before a role's
-    tasks."""
-    return str(task["task"]["name"]).split(" : ", 1)[-1]
 
 
 def tasks_run(report: dict[str, Any]) -> list[str]:
@@ -149,7 +126,11 @@ def test_the_chardev_role_refuses_the_control_node(lab: Lab) -> None:
 
 def test_the_crash_variant_is_refused_even_with_allow_container(lab: Lab) -> None:
     rc, report, output = lab.run(
-        CHARDEV_ROLE, "--check", chardev_variant="crash", chardev_allow_container=True
+        CHARDEV_ROLE,
+        "--check",
+        chardev_variant="crash",
+        chardev_allow_container=True,
+        chardev_crash_allowed=True,
     )
     name, result = failure(report)
     assert name == GUARD_TASK
@@ -177,10 +158,21 @@ def test_the_guard_entry_point_refuses_the_control_node(lab: Lab) -> None:
             "vars": {"chardev_variant": "crash"},
         }
     ]
-    rc, report, output = lab.run(tasks, "--check")
+    rc, report, output = lab.run(tasks, "--check", chardev_crash_allowed=True)
     name, result = failure(report)
     assert name == GUARD_TASK
     assert result["msg"].startswith(f"{REFUSAL} for the crash variant")
+    assert_nothing_built(lab, rc, report, output)
+
+
+def test_the_crash_variant_is_refused_on_a_host_that_did_not_opt_in(lab: Lab) -> None:
+    """make lesson (-e chardev_variant=crash) on a host without chardev_crash_allowed: refused on the
+    control node, before the module runs (and before the build)."""
+    rc, report, output = lab.run(CHARDEV_ROLE, "--check", chardev_variant="crash")
+    name, result = failure(report)
+    assert name == OPT_IN_TASK
+    assert "did not opt in to the crash (chardev_crash_allowed is false)" in result["msg"]
+    assert GUARD_TASK not in tasks_run(report)
     assert_nothing_built(lab, rc, report, output)
 
 

@@ -5,6 +5,7 @@
 * FakeKernel, a kernel log that grows as a test says, with a SysRq trigger and a FakeClock;
 * FakeClock, time that moves only when slept; FakeStatvfs, a filesystem's free space; stat_line();
 * run_module(), a module's main() run as Ansible runs it; failing_writes(); capture_warnings(); option();
+* run_playbook() and task_name(): ansible-playbook on the collection, and its json report's task names;
 * the kernel output captured per kernel (tests/unit/data/kernels/<suite>/, described in its README.md)
   and the other data files; the environment for Ansible's own tools run on this collection.
 
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -589,3 +591,34 @@ def python_env(**extra: str) -> dict[str, str]:
     """The environment for a child Python that imports the collection by its name, as the tests do."""
     paths = [str(COLLECTIONS_PATH), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
+
+
+def run_playbook(
+    inventory: Path, playbook: Path, *args: str, extra_vars: Mapping[str, Any], cwd: Path, timeout: int = 300
+) -> tuple[int, dict[str, Any], str]:
+    """ansible-playbook on this collection (ansible_env) with the json callback: its exit status, its
+    report and its whole output."""
+    proc = subprocess.run(
+        [
+            ansible_command("ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(playbook),
+            "-e",
+            json.dumps(extra_vars),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"),
+        cwd=cwd,
+    )
+    return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
+
+
+def task_name(task: Mapping[str, Any]) -> str:
+    """A task's name in the json callback's report, without the "chardev_lab.lab.<role> : " before a
+    role's tasks."""
+    return str(task["task"]["name"]).split(" : ", 1)[-1]

@@ -92,6 +92,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GuardHost:
 
 def params(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
+        "inventory_hostname": "pc-01.classroom.example.org",
         "connection": "ssh",
         "controller_boot_id": CONTROLLER_BOOT_ID,
         "controller_machine_ids": [CONTROLLER_MACHINE_ID, ""],
@@ -227,6 +228,52 @@ def test_the_module_has_no_option_that_allows_the_control_node() -> None:
     # chardev_allow_control_node is gone: the only allow_* option is allow_container, and it does not
     # unlock the control node (test_same_boot_id_over_ssh_is_the_control_node, the connections above).
     assert [name for name in chardev_guard.ARGUMENT_SPEC if "allow" in name] == ["allow_container"]
+
+
+# ---------------------------------------------------------------- the host's name: a path on the control node
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("../../../x", "it holds '/'"),
+        ("..", "it starts with '.'"),
+        (".hidden", "it starts with '.'"),
+        ("-rf", "it starts with '-'"),
+        ("a..b", "it holds '..'"),
+        ("pc 01", "it holds ' '"),
+        ("pc/01", "it holds '/'"),
+        ("", "it is empty"),
+        ("x" * 64, "64 characters long"),
+        ("2001:db8::1", "it holds ':'"),
+    ],
+)
+def test_unsafe_host_name_is_refused_whatever_the_options(host: GuardHost, name: str, why: str) -> None:
+    # results/<host>.json, vms/<host>, accounts/<host>.json: ../../../x would write outside the state
+    # directory. allow_container allows nothing here, and the host itself is a fine remote host.
+    result = guard(host, inventory_hostname=name, allow_container=True)
+    assert_refused(result, "host_name", why, "Rename the host in the inventory")
+    assert reasons(result) == ["host_name"]
+    assert result["inventory_hostname"] == name
+
+
+@pytest.mark.parametrize(
+    "name", ["pc-01.classroom.example.org", "alice", "lab-vm-1", "192.0.2.13", "_x", "x" * 63]
+)
+def test_safe_host_names_pass(host: GuardHost, name: str) -> None:
+    assert guard(host, inventory_hostname=name)["allowed"] is True
+
+
+def test_unsafe_host_name_on_the_control_node_says_both(host: GuardHost) -> None:
+    # The control node's remedies replace the container's, but the name must be fixed all the same.
+    host.write("/proc/sys/kernel/random/boot_id", CONTROLLER_BOOT_ID + "\n")
+    result = guard(host, inventory_hostname="../x")
+    assert reasons(result) == ["host_name", "control_node"]
+    assert "Rename the host" in result["msg"] and chardev_guard.NEVER in result["msg"]
+
+
+def test_the_host_name_is_a_required_option() -> None:
+    assert chardev_guard.ARGUMENT_SPEC["inventory_hostname"] == {"type": "str", "required": True}
 
 
 # ---------------------------------------------------------------- what cannot be read fails safe
