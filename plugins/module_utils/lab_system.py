@@ -12,10 +12,12 @@ Runs on the managed node (Python 3.9 and later): stdlib only.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
@@ -27,6 +29,35 @@ class ModuleFailure(Exception):
         super().__init__(msg)
         self.msg = msg
         self.fields = fields
+
+
+def os_error_advice(exc: OSError) -> str:
+    """What to do about an OS error, by its errno."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space on that filesystem (df -h shows it), then run again"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check the owner, mode and attributes of that path and of its directories (ls -ld, lsattr)"
+    if exc.errno == errno.EROFS:
+        return "that filesystem is mounted read-only: remount it read-write, then run again"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+        return "check that the path exists and is what it should be (a file or a directory)"
+    return "check that path, then run again"
+
+
+def describe_os_error(what: str, exc: OSError) -> str:
+    """'<what> failed: <the OS error> (<path>): <what to do>', a message instead of a traceback."""
+    paths = [os.fsdecode(p) for p in (exc.filename, exc.filename2) if p is not None]
+    where = f" ({' -> '.join(paths)})" if paths else ""
+    return f"{what} failed: {exc.strerror or exc}{where}: {os_error_advice(exc)}"
+
+
+@contextlib.contextmanager
+def failing_on_os_error(what: str) -> Iterator[None]:
+    """An OSError inside becomes the ModuleFailure that says what failed, where, and what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModuleFailure(describe_os_error(what, exc)) from exc
 
 
 class System:
