@@ -17,7 +17,7 @@ name: chardev_build_stored
 short_description: Whether the chardev build store holds every build a host needs
 description:
   - True when O(_input), the store of the chardev role, has the builds of O(variants) of these sources
-    for the kernel O(release). False when the store is empty or unset.
+    for the kernel O(release), each with its digest. False when the store is empty or unset.
 positional: release, sources, variants
 options:
   _input:

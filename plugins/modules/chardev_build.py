@@ -24,8 +24,14 @@ description:
   - Builds travel between hosts with the same kernel release through a store on the control node
     (O(store), handled by the role's action plugin of the same name), so that a fleet compiles each
     build once per release. The action plugin sends the builds this run needs from the store
-    (O(import_builds)); each one the cache lacks is checked (its C(vermagic) must name the kernel
-    release) before it is put into the cache. Builds this run compiles come back to the store.
+    (O(import_builds)), each with the sha256 the store keeps for it; each one the cache lacks must have
+    that digest (or the task fails before anything is installed) and a C(vermagic) that names the kernel
+    release (or it is compiled here) before it is put into the cache.
+  - Builds this run compiles go back to the store only from a host the control node trusts with them.
+    The action plugin decides, from the inventory and its own records, never from what the host says (a
+    host of the group C(classroom), or one with a student's account recorded in
+    C(<lab_state_dir>/accounts/), keeps its builds to itself). A store entry is written once and never
+    replaced.
   - A failed build reports the compiler's error lines, not the whole make output.
   - Also reports which build of the module is loaded, if any (C(/sys/module/chardev/version) and
     C(srcversion)), so the role can reload it when another build is in the kernel.
@@ -78,24 +84,19 @@ options:
     type: path
   import_builds:
     description:
-      - Builds from other hosts, file name (C(STAMP.ko), as in the cache) to its bytes in base64. Filled
-        by the action plugin from O(store); names no option of this run needs are ignored.
+      - Builds from other hosts, file name (C(STAMP.ko), as in the cache) to C({data, sha256}), its bytes
+        in base64 and their sha256 as the store keeps it. Filled by the action plugin from O(store);
+        names no option of this run needs are ignored. A build whose bytes do not have its sha256 fails
+        the task before any build is written or installed.
     type: dict
     default: {}
   export_builds:
     description:
       - Return the builds this run compiles (C(exported_builds), base64), for the action plugin to keep
-        in O(store). The action plugin sets it and removes them from the result.
+        in O(store). The action plugin sets it only for a host it lets give builds, and removes them
+        from the result.
     type: bool
     default: false
-  student:
-    description:
-      - The student this host is lent to (the roster's C(lab_student)). Once their account exists they
-        have root on the host and could hand it a doctored compiler, so its builds are no longer exported
-        for other hosts (it still imports and compiles for itself). A class's first lab run comes before
-        the accounts, so it shares its builds.
-    type: str
-    default: ""
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -151,16 +152,19 @@ imported:
   elements: str
   sample: [safe]
 stored:
-  description: The variants whose new build went into O(store) for other hosts (set by the action plugin).
-  returned: when O(store) is set and something was compiled
+  description: The variants whose new build went into O(store) for other hosts (set by the action plugin;
+    a build the store holds already is never replaced).
+  returned: when O(store) is set, the host may give builds (RV(export_refused) is empty) and it compiled
   type: list
   elements: str
   sample: [safe, crash]
 export_refused:
-  description: Why this host's builds were not exported, when O(export_builds) asked for them.
-  returned: always
+  description: Why the control node keeps this host's builds out of O(store), empty when it takes them
+    (set by the action plugin, from the inventory and the control node's account records).
+  returned: when O(store) is set
   type: str
-  sample: "the student alice has an account (and root) on this host"
+  sample: "the control node's record .lab/accounts/alice.json says the student alice has an account (and
+    root) there"
 cached_variants:
   description: The variants of O(cache_variants) compiled or imported into the build cache (or that would be).
   returned: always
@@ -218,8 +222,8 @@ warnings_lines:
 """
 
 import base64
+import binascii
 import os
-import pwd
 import re
 import shutil
 import time
@@ -227,16 +231,23 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.chardev_lab.lab.plugins.module_utils.chardev_build_store import (
+    DIGEST_SUFFIX,
     build_stamp,
     normalized_sources,
     prune_cache,
+    sha256_hex,
 )
 from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_paths import (
     BUILD_CACHE_DIR,
     MODULES_DIR,
     SYSFS_MODULES,
 )
-from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import ModuleFailure, System, execute
+from ansible_collections.chardev_lab.lab.plugins.module_utils.lab_system import (
+    ModuleFailure,
+    System,
+    execute,
+    failing_on_os_error,
+)
 
 SOURCES = ("chardev.c", "Makefile")
 ERROR_RE = re.compile(r"(error:|Error \d+|fatal error|undefined!|No rule to make target|\*\*\*)")
@@ -291,6 +302,11 @@ def cached_ko(cache_dir: str, release: str, stamp: str) -> str:
     return os.path.join(cache_dir, release, f"{stamp}.ko")
 
 
+def write_file(path: str, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
 def copy_atomically(source: str, dest: str) -> None:
     """dest gets source's bytes, mode 0644, in one rename: an interrupted copy leaves no half file."""
     os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -300,32 +316,46 @@ def copy_atomically(source: str, dest: str) -> None:
     os.replace(partial, dest)
 
 
-def import_build(system: System, data: str, dest: str, release: str) -> str:
-    """Put another host's build into the cache at dest, atomically. Returns why it was refused, or ""."""
+def verified_import(entry: Any, variant: str, name: str, release: str) -> bytes:
+    """The bytes of a build from the control node's store, once their sha256 is the digest the control
+    node sent with them: what this host installs is what the store holds, or nothing."""
+    data = entry.get("data") if isinstance(entry, dict) else None
+    want = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(data, str) or not isinstance(want, str):
+        raise ModuleFailure(
+            f"import_builds[{name}] must be {{data: base64, sha256: digest}}, as the chardev_build action "
+            "plugin sends it from the store: nothing was installed. Run the task through the action plugin "
+            "(chardev_lab.lab.chardev_build with store set)"
+        )
     try:
         content = base64.b64decode(data, validate=True)
-    except (ValueError, TypeError):
-        return "not base64"
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    # modinfo takes a name that does not end in .ko for a module name, not a file.
-    partial = os.path.join(os.path.dirname(dest), f".partial-{os.path.basename(dest)}")
-    with open(partial, "wb") as handle:
-        handle.write(content)
-    os.chmod(partial, 0o644)
-    vermagic = modinfo_field(system, partial, "vermagic").split()
-    if vermagic[:1] != [release]:
-        os.unlink(partial)
-        return f"its vermagic names {vermagic[0] if vermagic else 'no kernel'}, not {release}"
-    os.replace(partial, dest)
+    except (binascii.Error, ValueError) as exc:
+        raise ModuleFailure(f"the {variant} build {name} from the build store is not base64 ({exc})") from exc
+    got = sha256_hex(content)
+    if got != want.lower():
+        raise ModuleFailure(
+            f"the {variant} build {name} from the control node's build store does not match its digest "
+            f"(its bytes have sha256 {got}, the store's digest is {want}): it changed on its way here, so "
+            "nothing was installed. Run the play again; if this repeats, remove "
+            f"{release}/{name} and {release}/{name}{DIGEST_SUFFIX} from the build store on the control node"
+        )
+    return content
+
+
+def import_build(system: System, content: bytes, dest: str, release: str) -> str:
+    """Put another host's build into the cache at dest, atomically. Returns why it was refused, or ""."""
+    with failing_on_os_error(f"putting a build from the build store into the build cache ({dest})"):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        # modinfo takes a name that does not end in .ko for a module name, not a file.
+        partial = os.path.join(os.path.dirname(dest), f".partial-{os.path.basename(dest)}")
+        write_file(partial, content)
+        os.chmod(partial, 0o644)
+        vermagic = modinfo_field(system, partial, "vermagic").split()
+        if vermagic[:1] != [release]:
+            os.unlink(partial)
+            return f"its vermagic names {vermagic[0] if vermagic else 'no kernel'}, not {release}"
+        os.replace(partial, dest)
     return ""
-
-
-def account_exists(user: str) -> bool:
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        return False
-    return True
 
 
 def make_module() -> AnsibleModule:
@@ -346,7 +376,6 @@ def make_module() -> AnsibleModule:
             "store": {"type": "path"},
             "import_builds": {"type": "dict", "default": {}},
             "export_builds": {"type": "bool", "default": False},
-            "student": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -371,23 +400,26 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
     sources = normalized_sources(p["sources"])
     written = sources_to_write(p["src"], sources)
     if written and not check_mode:
-        os.makedirs(p["src"], exist_ok=True)
-        for source in written:
-            with open(os.path.join(p["src"], source), "wb") as handle:
-                handle.write(sources[source])
+        with failing_on_os_error(f"writing the sources into {p['src']}"):
+            os.makedirs(p["src"], exist_ok=True)
+            for source in written:
+                write_file(os.path.join(p["src"], source), sources[source])
     stamp = build_stamp(sources, p["variant"], release)
     built = not (os.path.exists(ko) and read_first_line(stamp_file) == stamp)
     cache = p["cache_dir"]
     others = [v for v in dict.fromkeys(p["cache_variants"]) if v != p["variant"]]
     # Another host's builds of what this run needs and the cache lacks: the installed variant only when
-    # it is about to be installed.
-    imported = []
+    # it is about to be installed. Every one is checked against its digest before any is written.
+    verified = []
     for variant in ([p["variant"]] if built else []) + others:
         cached = cached_ko(cache, release, build_stamp(sources, variant, release))
-        data = p["import_builds"].get(os.path.basename(cached))
-        if data is None or os.path.isfile(cached):
+        entry = p["import_builds"].get(os.path.basename(cached))
+        if entry is None or os.path.isfile(cached):
             continue
-        why = "" if check_mode else import_build(system, data, cached, release)
+        verified.append((variant, cached, verified_import(entry, variant, os.path.basename(cached), release)))
+    imported = []
+    for variant, cached, content in verified:
+        why = "" if check_mode else import_build(system, content, cached, release)
         if why:
             system.warn(f"the {variant} build from another host was refused ({why}): compiling it here")
         else:
@@ -440,33 +472,32 @@ def run(params: dict[str, Any], check_mode: bool, system: System) -> dict[str, A
         if variant == p["variant"]:
             result["warnings_lines"] = compiler_lines(output, WARNING_RE)
         cached = cached_ko(cache, release, build_stamp(sources, variant, release))
-        copy_atomically(os.path.join(p["src"], f"{name}.ko"), cached)
-        if p["export_builds"]:
-            with open(cached, "rb") as handle:
-                exported[os.path.basename(cached)] = base64.b64encode(handle.read()).decode("ascii")
+        with failing_on_os_error(f"keeping the {variant} build in the build cache ({cached})"):
+            copy_atomically(os.path.join(p["src"], f"{name}.ko"), cached)
+            if p["export_builds"]:
+                with open(cached, "rb") as handle:
+                    exported[os.path.basename(cached)] = base64.b64encode(handle.read()).decode("ascii")
         return cached
 
     exported: dict[str, str] = {}
-    result["export_refused"] = ""
-    if p["export_builds"] and p["student"] and account_exists(p["student"]):
-        p["export_builds"] = False
-        result["export_refused"] = f"the student {p['student']} has an account (and root) on this host"
-
     if not check_mode:
         if built:
             cached = cached_ko(cache, release, stamp)
             if from_cache:
-                os.utime(cached)  # used now: the pruning keeps the most recently used builds
+                with failing_on_os_error(f"marking {cached} as used"):
+                    os.utime(cached)  # used now: the pruning keeps the most recently used builds
             else:
                 cached = compile_into_cache(p["variant"])
-            copy_atomically(cached, ko)
+            with failing_on_os_error(f"installing {ko}"):
+                copy_atomically(cached, ko)
             system.run(["depmod", "-a", release], check_rc=True)
-            with open(stamp_file, "w", encoding="utf-8") as handle:
-                handle.write(stamp + "\n")
+            with failing_on_os_error(f"writing the build's stamp {stamp_file}"):
+                write_file(stamp_file, f"{stamp}\n".encode())
         for variant in to_cache:
             compile_into_cache(variant)
         if built or to_cache or imported:
-            prune_cache(os.path.join(cache, release))
+            with failing_on_os_error(f"pruning the build cache {os.path.join(cache, release)}"):
+                prune_cache(os.path.join(cache, release))
     if p["export_builds"]:
         result["exported_builds"] = exported
     exists = os.path.exists(ko)

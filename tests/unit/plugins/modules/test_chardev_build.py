@@ -1,12 +1,18 @@
 """plugins/modules/chardev_build.py: the rebuild decision, the compiler lines shown on failure, the reload
-decision, the host's cache of builds and the builds carried between hosts (import_builds,
-export_builds). kbuild, depmod and modinfo are a fake (FakeKbuild, the runner of a FakeSystem whose root
-holds lib/modules and sys/module).
-The naming and pruning of builds are tested with module_utils/chardev_build_store.py."""
+decision, the host's cache of builds, the builds carried between hosts (import_builds, each checked
+against its digest before anything is installed; export_builds) and the messages of its failed writes.
+kbuild, depmod and modinfo are a fake (FakeKbuild, the runner of a FakeSystem whose root holds
+lib/modules and sys/module).
+The naming and pruning of builds are tested with module_utils/chardev_build_store.py, who may give builds
+to the store with the action plugin."""
 
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -268,10 +274,20 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def entry(text: str, digest_of: str | None = None) -> dict[str, str]:
+    """A build as the action plugin sends it from the store: its bytes and the store's sha256 of them
+    (of digest_of's instead, to stand for bytes changed on the way)."""
+    digest = hashlib.sha256((text if digest_of is None else digest_of).encode()).hexdigest()
+    return {"data": b64(text), "sha256": digest}
+
+
 def test_another_hosts_build_is_checked_cached_and_installed_without_compiling(
     tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
 ) -> None:
-    builds = {f"{stamp_of('safe')}.ko": b64("module safe"), f"{stamp_of('crash')}.ko": b64("module crash")}
+    builds = {
+        f"{stamp_of('safe')}.ko": entry("module safe"),
+        f"{stamp_of('crash')}.ko": entry("module crash"),
+    }
     kbuild = FakeKbuild()
     result = build(capsys, tmp_path, kbuild, monkeypatch, cache_variants=["crash"], import_builds=builds)
     assert result["changed"] and result["built"] and result["from_cache"]
@@ -290,7 +306,7 @@ def test_another_hosts_build_is_checked_cached_and_installed_without_compiling(
 def test_a_build_for_another_kernel_is_refused_and_compiled_here(
     tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
 ) -> None:
-    builds = {f"{stamp_of('safe')}.ko": b64("module safe 5.10.0-35-amd64")}
+    builds = {f"{stamp_of('safe')}.ko": entry("module safe 5.10.0-35-amd64")}
     kbuild = FakeKbuild()
     result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds=builds)
     assert kbuild.system is not None
@@ -303,34 +319,140 @@ def test_a_build_for_another_kernel_is_refused_and_compiled_here(
 def test_builds_of_options_this_run_does_not_need_are_ignored(
     tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
 ) -> None:
-    builds = {f"{stamp_of('classic')}.ko": b64("module classic"), "../../etc/evil.ko": b64("x")}
+    builds = {f"{stamp_of('classic')}.ko": entry("module classic"), "../../etc/evil.ko": entry("x")}
     result = build(capsys, tmp_path, FakeKbuild(), monkeypatch, import_builds=builds)
     assert result["imported"] == []
     assert [p.name for p in (tmp_path / "cache" / "6.1.0-56-amd64").iterdir()] == [f"{stamp_of('safe')}.ko"]
 
 
-def test_compiled_builds_are_exported_unless_the_student_has_an_account(
+def test_compiled_builds_are_returned_when_asked_and_the_module_decides_nothing_else(
     tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
 ) -> None:
+    """Whether a host may give builds is the control node's decision (the action plugin): the module,
+    which runs under the student's root, only returns what it is asked for and takes no student."""
     result = build(capsys, tmp_path, FakeKbuild(), monkeypatch, cache_variants=["crash"], export_builds=True)
     exported = {name: base64.b64decode(data).decode() for name, data in result["exported_builds"].items()}
     assert exported == {f"{stamp_of('safe')}.ko": "module safe", f"{stamp_of('crash')}.ko": "module crash"}
+    assert "export_refused" not in result
 
-    # root exists everywhere: a host whose student has an account exports nothing.
-    other = build(
-        capsys, tmp_path, FakeKbuild(), monkeypatch, variant="classic", export_builds=True, student="root"
-    )
-    assert other["compiled"] == {"classic": other["compiled"]["classic"]}
-    assert "exported_builds" not in other and "root" in other["export_refused"]
-    absent = build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="safe", student="no-such-student-x")
-    assert "exported_builds" not in absent and absent["export_refused"] == ""
+    unasked = build(capsys, tmp_path, FakeKbuild(), monkeypatch, variant="classic")
+    assert "exported_builds" not in unasked and "export_refused" not in unasked
+    student = build(capsys, tmp_path, FakeKbuild(), monkeypatch, export_builds=True, student="alice")
+    assert student["failed"] and "student" in student["msg"]
 
 
 def test_check_mode_counts_an_import_and_writes_nothing(
     tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
 ) -> None:
-    builds = {f"{stamp_of('safe')}.ko": b64("module safe")}
+    builds = {f"{stamp_of('safe')}.ko": entry("module safe")}
     kbuild = FakeKbuild()
     result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds=builds, _ansible_check_mode=True)
     assert result["changed"] and result["built"] and result["from_cache"] and result["imported"] == ["safe"]
     assert kbuild.commands == [] and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_a_build_that_does_not_match_its_digest_fails_before_anything_is_installed(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch, check_mode: bool
+) -> None:
+    """The bytes that arrive must be those the store's digest names, or none of them is written: not the
+    crash build whose digest matches, not the safe one that was changed on the way."""
+    builds = {
+        f"{stamp_of('safe')}.ko": entry("module safe, doctored", digest_of="module safe"),
+        f"{stamp_of('crash')}.ko": entry("module crash"),
+    }
+    kbuild = FakeKbuild()
+    result = build(
+        capsys,
+        tmp_path,
+        kbuild,
+        monkeypatch,
+        cache_variants=["crash"],
+        import_builds=builds,
+        _ansible_check_mode=check_mode,
+    )
+    assert result["failed"]
+    assert (
+        f"safe build {stamp_of('safe')}.ko" in result["msg"] and "does not match its digest" in result["msg"]
+    )
+    assert hashlib.sha256(b"module safe, doctored").hexdigest() in result["msg"]
+    assert "nothing was installed" in result["msg"] and "Run the play again" in result["msg"]
+    assert kbuild.commands == [] and not (tmp_path / "cache").exists()
+    assert not (kernel_tree / "6.1.0-56-amd64" / "extra").exists()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b64("module safe"), {"data": b64("module safe")}, {"data": "not base64!", "sha256": "0" * 64}],
+    ids=["bytes-without-digest", "no-sha256", "not-base64"],
+)
+def test_a_build_sent_without_a_usable_digest_fails_and_installs_nothing(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch, sent: Any
+) -> None:
+    kbuild = FakeKbuild()
+    result = build(capsys, tmp_path, kbuild, monkeypatch, import_builds={f"{stamp_of('safe')}.ko": sent})
+    assert result["failed"] and stamp_of("safe") in result["msg"]
+    assert makes(kbuild) == [] and not (tmp_path / "cache").exists()
+    assert not (kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko").exists()
+
+
+def os_error(number: int, path: str) -> OSError:
+    return OSError(number, os.strerror(number), path)
+
+
+def test_a_full_disk_while_caching_a_build_says_where_and_what_to_do(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    def full(source: str, dest: str) -> None:
+        raise os_error(errno.ENOSPC, dest)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch)
+    assert result["failed"] and "Traceback" not in result["msg"]
+    cached = tmp_path / "cache" / "6.1.0-56-amd64" / f"{stamp_of('safe')}.ko"
+    assert result["msg"].startswith(f"keeping the safe build in the build cache ({cached}) failed")
+    assert f"({cached}.partial)" in result["msg"]
+    assert "No space left on device" in result["msg"] and "free some space" in result["msg"]
+
+
+def test_a_full_disk_while_importing_a_build_says_where_and_what_to_do(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    write_file = chardev_build.write_file
+
+    def full(path: str, data: bytes) -> None:
+        if ".partial-" in path:
+            raise os_error(errno.ENOSPC, path)
+        write_file(path, data)
+
+    monkeypatch.setattr(chardev_build, "write_file", full)
+    builds = {f"{stamp_of('safe')}.ko": entry("module safe")}
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch, import_builds=builds)
+    assert result["failed"] and "putting a build from the build store into the build cache" in result["msg"]
+    assert "No space left on device" in result["msg"] and "free some space" in result["msg"]
+
+
+def test_permission_denied_on_the_sources_says_where_and_what_to_do(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    def denied(path: str, data: bytes) -> None:
+        raise os_error(errno.EACCES, path)
+
+    monkeypatch.setattr(chardev_build, "write_file", denied)
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch)
+    assert result["failed"]
+    assert result["msg"].startswith(f"writing the sources into {tmp_path / 'src'} failed: Permission denied")
+    assert str(tmp_path / "src" / "Makefile") in result["msg"] and "ls -ld" in result["msg"]
+
+
+def test_a_stamp_that_cannot_be_written_says_where(
+    tmp_path: Path, kernel_tree: Path, capsys, monkeypatch
+) -> None:
+    # A directory where the stamp file goes: a real OS error, whoever runs the test (root included).
+    (kernel_tree / "6.1.0-56-amd64" / "extra" / "chardev.ko.stamp").mkdir(parents=True)
+    result = build(capsys, tmp_path, FakeKbuild(), monkeypatch)
+    assert (
+        result["failed"]
+        and "writing the build's stamp" in result["msg"]
+        and "Is a directory" in result["msg"]
+    )
