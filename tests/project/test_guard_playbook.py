@@ -25,6 +25,13 @@ REFUSAL = "The chardev guard refuses this host"
 GUARD_TASK = "Refuse the control node, a container, a chroot or an unsafe host name, read on the target"
 REMOVED_TASK = "Refuse chardev_allow_control_node, which no longer exists"
 OPT_IN_TASK = "Refuse the crash variant on a host that did not opt in to the crash"
+FORGED_FACTS_TASK = "Refuse a host whose facts name the lab's variables"
+# What a student with root makes their machine answer: a module result whose facts opt the host in
+# (the playbook's library/, standing in for any module the doctored host runs).
+FORGED_FACTS_MODULE = """#!/usr/bin/python
+import json
+print(json.dumps({"changed": False, "ansible_facts": {"chardev_crash_allowed": True}}))
+"""
 
 
 def tasks_of(path: Path) -> list[dict[str, Any]]:
@@ -63,7 +70,7 @@ class Lab:
         return path
 
     def run(
-        self, tasks: list[dict[str, Any]], *extra: str, **extra_vars: Any
+        self, tasks: list[dict[str, Any]], *extra: str, env: dict[str, str] | None = None, **extra_vars: Any
     ) -> tuple[int, dict[str, Any], str]:
         extra_vars = {
             "chardev_state": "present",
@@ -73,7 +80,13 @@ class Lab:
         }
         # The project's ansible.cfg, which finds the collection.
         return run_playbook(
-            self.inventory, self.playbook(tasks), *extra, extra_vars=extra_vars, cwd=self.tmp, timeout=120
+            self.inventory,
+            self.playbook(tasks),
+            *extra,
+            extra_vars=extra_vars,
+            cwd=self.tmp,
+            timeout=120,
+            env=env,
         )
 
 
@@ -173,6 +186,32 @@ def test_the_crash_variant_is_refused_on_a_host_that_did_not_opt_in(lab: Lab) ->
     assert name == OPT_IN_TASK
     assert "did not opt in to the crash (chardev_crash_allowed is false)" in result["msg"]
     assert GUARD_TASK not in tasks_run(report)
+    assert_nothing_built(lab, rc, report, output)
+
+
+@pytest.mark.parametrize("inject", ["false", "true"])
+def test_facts_that_opt_a_host_in_are_refused(lab: Lab, inject: str) -> None:
+    """A host whose module result brings facts named after the lab's variables (chardev_crash_allowed):
+    refused at the next guard, with the project's inject_facts_as_vars off and with Ansible's default
+    (on, where such a fact would outrank the inventory's false)."""
+    library = lab.tmp / "library"
+    library.mkdir()
+    (library / "forged_facts.py").write_text(FORGED_FACTS_MODULE)
+    tasks = [
+        {"name": "Run a module the host answers with forged facts", "forged_facts": {}},
+        {
+            "name": "Include the chardev guard",
+            "ansible.builtin.include_role": {"name": ROLE, "tasks_from": "guard"},
+            "vars": {"chardev_variant": "crash"},
+        },
+    ]
+    rc, report, output = lab.run(
+        tasks, "--check", env={"ANSIBLE_INJECT_FACTS_AS_VARS": inject}, chardev_crash_allowed=False
+    )
+    name, result = failure(report)
+    assert name == FORGED_FACTS_TASK, output
+    assert "(chardev_crash_allowed)" in result["msg"]
+    assert OPT_IN_TASK not in tasks_run(report) and GUARD_TASK not in tasks_run(report)
     assert_nothing_built(lab, rc, report, output)
 
 

@@ -206,6 +206,7 @@ BEFORE_THE_GUARD = (
     "Validating arguments against arg spec 'guard'",
     "Validating arguments against arg spec 'host_name'",
     "Refuse chardev_allow_control_node, which no longer exists",
+    "Refuse a host whose facts name the lab's variables",
     "Refuse the crash variant on a host that did not opt in to the crash",
     HOST_NAME_TASK,
 )

@@ -594,10 +594,16 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 def run_playbook(
-    inventory: Path, playbook: Path, *args: str, extra_vars: Mapping[str, Any], cwd: Path, timeout: int = 300
+    inventory: Path,
+    playbook: Path,
+    *args: str,
+    extra_vars: Mapping[str, Any],
+    cwd: Path,
+    timeout: int = 300,
+    env: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, Any], str]:
-    """ansible-playbook on this collection (ansible_env) with the json callback: its exit status, its
-    report and its whole output."""
+    """ansible-playbook on this collection (ansible_env, plus env) with the json callback: its exit
+    status, its report and its whole output."""
     proc = subprocess.run(
         [
             ansible_command("ansible-playbook"),
@@ -612,7 +618,7 @@ def run_playbook(
         text=True,
         timeout=timeout,
         check=False,
-        env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"),
+        env=ansible_env(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", **(env or {})),
         cwd=cwd,
     )
     return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
